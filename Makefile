@@ -1,0 +1,31 @@
+# Every target creates .venv on first use, so a fresh clone needs only
+# Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/slapoll demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest -q $(TEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/dispatch.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check slapoll tests benchmarks
+	$(BIN)/ruff format --check slapoll tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,70 @@
+"""Reading and writing durations: ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .errors import DurationError
+
+__all__ = ["format_duration", "parse_duration"]
+
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# One or more number+unit parts, so "1h30m" reads as 5400 s.
+_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)")
+_WHOLE = re.compile(r"(?:(?:\d+(?:\.\d+)?|\.\d+)(?:ms|s|m|h|d))+")
+
+Duration = str | int | float
+
+
+def parse_duration(value: Duration, *, name: str = "duration") -> float:
+    """Return *value* in seconds; strings take units ms, s, m, h and d.
+
+    Numbers are seconds. The result is finite and not negative; whether 0
+    is allowed is the caller's rule. *name* is used in the error message.
+    """
+    if isinstance(value, bool):
+        raise DurationError(f"{name} must be a duration, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_text(value.strip(), name)
+    else:
+        raise DurationError(
+            f"{name} must be a duration such as '30s' or a number of seconds, "
+            f"got {value!r}"
+        )
+
+    if not math.isfinite(seconds) or seconds < 0:
+        raise DurationError(
+            f"{name} must be a finite, non-negative duration, got {value!r}"
+        )
+    return seconds
+
+
+def _parse_text(text: str, name: str) -> float:
+    if _WHOLE.fullmatch(text):
+        return sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text))
+    try:
+        return float(text)
+    except ValueError:
+        raise DurationError(
+            f"{name} must be a duration such as '250ms', '30s', '5m' or '1h', "
+            f"got {text!r}"
+        ) from None
+
+
+def format_duration(seconds: float) -> str:
+    """Render *seconds* so that ``parse_duration`` gives the same float back.
+
+    Whole hours, minutes, seconds and milliseconds use their unit; anything
+    else is written as a plain number of seconds.
+    """
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s", "ms"):
+        n = seconds / _UNIT_S[unit]
+        if n >= 1 and n.is_integer() and int(n) * _UNIT_S[unit] == seconds:
+            return f"{int(n)}{unit}"
+    text = repr(seconds)
+    return text if "e" in text else f"{text}s"

@@ -1,0 +1,711 @@
+"""The engine: schedule, worker pool and measurement, on the trio clock.
+
+One scheduler task moves targets from a timer heap (ordered by due time)
+into a ready heap (ordered by SLA deadline, then priority) and wakes a
+worker; workers take the most urgent ready target and run it under its
+timeout. A control task refreshes the statistics and the metrics once per
+control period. Time comes from ``trio.current_time()`` only; the wall clock
+is read to place phases on a grid that survives restarts and to notice when
+it jumps.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from ._durations import Duration, parse_duration
+from ._measure import SlaAccount, quantile
+from ._policy import Outcome, TaskPolicy
+from ._schedule import catch_up, first_due, hash_fraction, spread_fractions
+from ._stats import EngineStatistics, TargetStatistics, TaskStatistics
+from ._store import MemoryStore, Store, TargetRecord
+from ._task import DEFAULT_TARGET_KEY, RunContext, TargetState, Task, TaskFunction
+from .errors import ConfigError, UsageError
+from .metrics import EngineMetrics
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("slapoll.engine")
+
+# A wall clock that moves more than this against the monotonic clock between
+# two control periods has been stepped (NTP, a suspended VM, a human).
+CLOCK_JUMP_THRESHOLD_S = 1.0
+# Staleness is summarised per task at this quantile besides the worst.
+STALENESS_QUANTILE = 0.9
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+
+# Timer heap entry: (due, seq, target, generation, attempt).
+_Timer = tuple[float, int, TargetState, int, int]
+# Ready heap entry: (SLA deadline, -priority, seq, target, due, attempt).
+_Ready = tuple[float, int, int, TargetState, float, int]
+
+
+class Engine:
+    """Keeps every target of every task fresh within its SLA.
+
+    Declare tasks with ``@engine.task(...)``, add targets, then
+    ``await engine.run()`` inside a trio program (or ``slapoll.run(engine)``
+    from synchronous code). ``run`` returns after ``stop()`` once in-flight
+    runs finish or ``shutdown_grace`` passes (then they are cancelled and
+    counted as ``cancelled``); cancelling ``run`` from outside stops at once.
+
+    ``workers`` is the pool size, kept within ``min_workers`` and
+    ``max_workers`` when changed while running. Metrics go to *registry*
+    (a fresh one per engine by default) and are served on
+    *metrics_address* (``"HOST:PORT"``) when one is given.
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int = 32,
+        min_workers: int = 1,
+        max_workers: int = 1024,
+        control_period: Duration = "1s",
+        shutdown_grace: Duration = "10s",
+        metrics_address: str | None = None,
+        registry: CollectorRegistry | None = None,
+        store: Store | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.registry = CollectorRegistry() if registry is None else registry
+        self.metrics = EngineMetrics(self.registry)
+        self.store: Store = MemoryStore() if store is None else store
+        self._wall_clock = wall_clock
+        self.min_workers = 1
+        self.max_workers = 1024
+        self.pool_size = 1
+        self.control_period_s = 1.0
+        self.shutdown_grace_s = 10.0
+        self.metrics_address: str | None = None
+        self.configure(
+            workers=workers,
+            min_workers=min_workers,
+            max_workers=max_workers,
+            control_period=control_period,
+            shutdown_grace=shutdown_grace,
+            metrics_address=metrics_address,
+        )
+
+        self.running = False
+        self._stopping = False
+        self._seq = itertools.count()
+        self._timers: list[_Timer] = []
+        self._ready: list[_Ready] = []
+        self._scheduler_lot = trio.lowlevel.ParkingLot()
+        self._scheduler_wake_at = math.inf
+        self._worker_lot = trio.lowlevel.ParkingLot()
+        self._workers_alive = 0
+        self._workers_idle = 0
+        self._worker_nursery: trio.Nursery | None = None
+        self._store_ops: list[tuple[str, Any]] = []
+        self._store_lot = trio.lowlevel.ParkingLot()
+        self._stop_event: trio.Event | None = None
+        # The engine-clock instant of the wall-clock epoch: due-time grids
+        # hang from it, so phases mean the same thing after a restart.
+        self._origin = 0.0
+        self._clock_jumps = 0
+        self._last_now = 0.0
+
+    # -- declaring -----------------------------------------------------------
+
+    def configure(self, **knobs: Any) -> None:
+        """Set engine knobs by name, as the config's ``[engine]`` table does.
+
+        Knobs: ``workers``, ``min_workers``, ``max_workers``,
+        ``control_period``, ``shutdown_grace``, ``metrics_address``.
+        Raises ``ConfigError`` for an unknown knob or a bad value.
+        """
+        allowed = {
+            "workers",
+            "min_workers",
+            "max_workers",
+            "control_period",
+            "shutdown_grace",
+            "metrics_address",
+        }
+        unknown = sorted(set(knobs) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"unknown engine option {unknown[0]!r}; allowed: "
+                f"{', '.join(sorted(allowed))}"
+            )
+        for name in ("workers", "min_workers", "max_workers"):
+            value = knobs.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        low = knobs.get("min_workers", self.min_workers)
+        high = knobs.get("max_workers", self.max_workers)
+        if low > high:
+            raise ConfigError(
+                f"min_workers ({low!r}) must not exceed max_workers ({high!r})"
+            )
+        self.min_workers, self.max_workers = low, high
+        if "workers" in knobs:
+            self.pool_size = min(max(knobs["workers"], low), high)
+        if "control_period" in knobs:
+            period = parse_duration(knobs["control_period"], name="control_period")
+            if period <= 0:
+                raise ConfigError(f"control_period must be > 0, got {period!r}")
+            self.control_period_s = period
+        if "shutdown_grace" in knobs:
+            self.shutdown_grace_s = parse_duration(
+                knobs["shutdown_grace"], name="shutdown_grace"
+            )
+        if "metrics_address" in knobs:
+            address = knobs["metrics_address"]
+            if address is not None:
+                parse_address(address)
+            self.metrics_address = address
+
+    def task(
+        self,
+        fn: TaskFunction | None = None,
+        /,
+        *,
+        name: str | None = None,
+        sla: Duration,
+        every: Duration | None = None,
+        priority: int = 0,
+        limits: tuple[str, ...] | list[str] = (),
+        timeout: Duration | None = None,
+        retries: int = 0,
+        retry_backoff: Duration = 1.0,
+        overlap: str = "skip",
+        max_concurrent: int = 1,
+        phase: Duration | None = None,
+    ) -> Any:
+        """Declare a task: ``@engine.task(sla="30s", every="10s")``.
+
+        The function is ``async def fn(ctx, **target_args)``. Returns the
+        ``Task``. ``sla`` is the freshness bound; ``every`` the preferred
+        interval (without it the engine runs as rarely as the SLA safely
+        allows). See ``TaskPolicy`` for the rest.
+        """
+        policy = TaskPolicy.from_options(
+            sla=sla,
+            every=every,
+            priority=priority,
+            limits=limits,
+            timeout=timeout,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            overlap=overlap,
+            max_concurrent=max_concurrent,
+            phase=phase,
+        )
+
+        def declare(fn: TaskFunction) -> Task:
+            task_name = name or fn.__name__
+            if task_name in self.tasks:
+                raise ConfigError(f"a task named {task_name!r} is already declared")
+            task = Task(self, task_name, fn, policy)
+            task.metrics = self.metrics.bind_task(task_name)
+            self.tasks[task_name] = task
+            return task
+
+        return declare if fn is None else declare(fn)
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until ``stop()`` (graceful) or cancellation (immediate)."""
+        if self.running:
+            raise UsageError("this engine is already running")
+        self.running = True
+        self._stopping = False
+        self._stop_event = trio.Event()
+        server = None
+        try:
+            await self._load_store()
+            self._start_schedules()
+            if self.metrics_address is not None:
+                server = self._serve_metrics(self.metrics_address)
+            logger.info(
+                "engine started: %d tasks, %d targets, %d workers",
+                len(self.tasks),
+                sum(len(t) for t in self.tasks.values()),
+                self.pool_size,
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._schedule_loop)
+                nursery.start_soon(self._control_loop)
+                nursery.start_soon(self._store_loop)
+                work_done = trio.Event()
+                work_scope = trio.CancelScope()
+                nursery.start_soon(self._run_workers, work_scope, work_done)
+                await self._stop_event.wait()
+                await self._drain(work_scope, work_done)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush_store()
+            self.metrics.update(self.statistics())
+            if server is not None:
+                server.shutdown()
+            self.running = False
+            logger.info("engine stopped")
+
+    def stop(self) -> None:
+        """Stop gracefully: start nothing new, let in-flight runs finish.
+
+        Runs still going after ``shutdown_grace`` are cancelled.
+        """
+        if not self.running or self._stop_event is None:
+            return
+        if not self._stopping:
+            logger.info(
+                "engine stopping: %d runs in flight, grace %.1fs",
+                self._workers_alive - self._workers_idle,
+                self.shutdown_grace_s,
+            )
+        self._stopping = True
+        self._worker_lot.unpark_all()
+        self._stop_event.set()
+
+    def set_pool_size(self, size: int) -> int:
+        """Resize the worker pool within its bounds; return the new size.
+
+        Growing starts workers at once; shrinking lets busy workers finish
+        their run before they leave.
+        """
+        self.pool_size = min(max(size, self.min_workers), self.max_workers)
+        if self._worker_nursery is not None:
+            for _ in range(self.pool_size - self._workers_alive):
+                self._workers_alive += 1
+                self._worker_nursery.start_soon(self._worker)
+            if self._workers_alive > self.pool_size:
+                self._worker_lot.unpark_all()
+        return self.pool_size
+
+    async def _drain(self, work_scope: trio.CancelScope, done: trio.Event) -> None:
+        with trio.move_on_after(self.shutdown_grace_s):
+            await done.wait()
+        if not done.is_set():
+            logger.warning(
+                "cancelling %d runs still in flight after the %.1fs grace",
+                self._workers_alive - self._workers_idle,
+                self.shutdown_grace_s,
+            )
+            work_scope.cancel()
+            await done.wait()
+
+    def _serve_metrics(self, address: str) -> Any:
+        from prometheus_client import start_http_server
+
+        host, port = parse_address(address)
+        server, _thread = start_http_server(port, host, registry=self.registry)
+        logger.info("metrics on http://%s:%d/metrics", host, server.server_port)
+        return server
+
+    # -- targets -------------------------------------------------------------
+
+    def _add_target(self, task: Task, key: str, args: Mapping[str, object]) -> None:
+        existing = task.targets.get(key)
+        if existing is not None:
+            existing.args = dict(args)
+            self._store_put(existing)
+            return
+
+        now = trio.current_time() if self.running else 0.0
+        phase = hash_fraction(f"{task.name}\0{key}") if self.running else None
+        state = TargetState(task, key, args, now, phase)
+        task.targets[key] = state
+        self._store_put(state)
+        if self.running:
+            self._schedule_first(state, now)
+
+    def _remove_target(self, state: TargetState) -> None:
+        task = state.task
+        if self.running:
+            self._account(state, trio.current_time())
+        state.removed = True
+        state.generation += 1
+        del task.targets[state.key]
+        self._store_ops.append(("remove", (task.name, state.key)))
+        self._store_lot.unpark_all()
+
+    def _set_paused(self, state: TargetState, *, paused: bool) -> None:
+        if state.paused == paused:
+            return
+        if self.running:
+            now = trio.current_time()
+            if paused:
+                self._account(state, now)
+            else:
+                state.account.skip_to(now)
+        state.paused = paused
+        state.generation += 1
+        self._store_put(state)
+        if not paused and self.running:
+            self._schedule_first(state, trio.current_time())
+
+    def _store_put(self, state: TargetState) -> None:
+        record = TargetRecord(
+            task=state.task.name,
+            key=state.key,
+            args=dict(state.args),
+            paused=state.paused,
+            phase=state.phase,
+        )
+        self._store_ops.append(("put", record))
+        self._store_lot.unpark_all()
+
+    async def _load_store(self) -> None:
+        # Stored targets (added at run time, paused, re-phased) win over
+        # what the code declared: they are the newer word.
+        for record in await self.store.load_targets():
+            task = self.tasks.get(record.task)
+            if task is None:
+                logger.warning(
+                    "stored target %r of unknown task %r kept but not run",
+                    record.key,
+                    record.task,
+                )
+                continue
+            state = task.targets.get(record.key)
+            if state is None:
+                state = TargetState(task, record.key, record.args, 0.0, record.phase)
+                task.targets[record.key] = state
+            state.args = dict(record.args)
+            state.paused = record.paused
+            state.phase = record.phase
+
+    async def _store_loop(self) -> None:
+        while True:
+            await self._flush_store()
+            await self._store_lot.park()
+
+    async def _flush_store(self) -> None:
+        while self._store_ops:
+            op, value = self._store_ops.pop(0)
+            if op == "put":
+                await self.store.put_target(value)
+            else:
+                await self.store.remove_target(*value)
+
+    # -- the schedule --------------------------------------------------------
+
+    def _start_schedules(self) -> None:
+        now = trio.current_time()
+        self._origin = now - self._wall_clock()
+        for task in self.tasks.values():
+            if not task.targets and not task.takes_arguments:
+                state = TargetState(task, DEFAULT_TARGET_KEY, {}, now, None)
+                task.targets[DEFAULT_TARGET_KEY] = state
+            unphased = [k for k, s in task.targets.items() if s.phase is None]
+            for key, phase in spread_fractions(unphased, salt=task.name).items():
+                task.targets[key].phase = phase
+            for state in task.targets.values():
+                state.account = SlaAccount(now)
+                if not state.paused:
+                    self._schedule_first(state, now)
+
+    def _schedule_first(self, state: TargetState, now: float) -> None:
+        interval = state.task.interval_s
+        fixed = state.task.policy.phase_s
+        if fixed is not None:
+            phase = (fixed % interval) / interval
+        else:
+            assert state.phase is not None
+            phase = state.phase
+        due = first_due(now, interval, phase, self._origin)
+        state.next_due = due
+        self._push_timer(due, state, 0)
+
+    def _push_timer(self, due: float, state: TargetState, attempt: int) -> None:
+        heapq.heappush(
+            self._timers, (due, next(self._seq), state, state.generation, attempt)
+        )
+        if due < self._scheduler_wake_at:
+            self._scheduler_lot.unpark_all()
+
+    async def _schedule_loop(self) -> None:
+        timers = self._timers
+        while not self._stopping:
+            now = trio.current_time()
+            while timers and timers[0][0] <= now:
+                self._fire(heapq.heappop(timers), now)
+            self._scheduler_wake_at = timers[0][0] if timers else math.inf
+            with trio.move_on_at(self._scheduler_wake_at):
+                await self._scheduler_lot.park()
+
+    def _fire(self, timer: _Timer, now: float) -> None:
+        due, _, state, generation, attempt = timer
+        if generation != state.generation or state.removed or state.paused:
+            return
+        task = state.task
+        if attempt == 0:
+            # The next due time follows from this one, never from when a run
+            # ends. After a gap (a suspended process, an overload) the due
+            # times that all passed collapse into the latest.
+            due, passed = catch_up(due, now, task.interval_s)
+            task.missed += passed
+            state.next_due = due + task.interval_s
+            self._push_timer(state.next_due, state, 0)
+        elif state.failures == 0:
+            return  # a scheduled run succeeded meanwhile: the retry is moot
+        self._request_run(state, due, attempt, now)
+
+    def _request_run(
+        self, state: TargetState, due: float, attempt: int, now: float
+    ) -> None:
+        task = state.task
+        if state.queued:
+            task.missed += 1  # already waiting for a worker: one run serves both
+            return
+        if state.deadlines:
+            active = state.active_runs(now)
+            policy = task.policy
+            if active == 0 or policy.overlap == "queue_one":
+                # Either the run in flight is past its deadline and being
+                # cancelled, or the policy says to queue: start when it ends.
+                if state.pending is None:
+                    state.pending = (due, attempt)
+                else:
+                    self._count_skip(task, state)
+                return
+            if policy.overlap != "allow" or active >= policy.max_concurrent:
+                self._count_skip(task, state)
+                return
+
+        state.queued = True
+        priority = task.policy.priority
+        entry = (state.sla_deadline(), -priority, next(self._seq), state, due, attempt)
+        heapq.heappush(self._ready, entry)
+        if self._workers_idle:
+            self._worker_lot.unpark()
+
+    def _count_skip(self, task: Task, state: TargetState) -> None:
+        task.runs[Outcome.SKIPPED] += 1
+        if task.metrics is not None:
+            task.metrics.observe_skip()
+        logger.debug("%s[%s]: due time skipped, still running", task.name, state.key)
+
+    # -- the pool ------------------------------------------------------------
+
+    async def _run_workers(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    self._worker_nursery = nursery
+                    self.set_pool_size(self.pool_size)
+        finally:
+            self._worker_nursery = None
+            done.set()
+
+    async def _worker(self) -> None:
+        ready = self._ready
+        try:
+            while not self._stopping and self._workers_alive <= self.pool_size:
+                if not ready:
+                    self._workers_idle += 1
+                    try:
+                        await self._worker_lot.park()
+                    finally:
+                        self._workers_idle -= 1
+                    continue
+                _, _, _, state, due, attempt = heapq.heappop(ready)
+                state.queued = False
+                if not state.removed and not state.paused:
+                    await self._execute(state, due, attempt)
+        finally:
+            self._workers_alive -= 1
+
+    async def _execute(self, state: TargetState, due: float, attempt: int) -> None:
+        task = state.task
+        start = trio.current_time()
+        deadline = start + task.policy.effective_timeout_s
+        state.deadlines.append(deadline)
+        ctx = RunContext(task.name, state.key, due, attempt, deadline)
+        outcome = Outcome.ERROR
+        try:
+            with trio.move_on_at(deadline) as scope:
+                await task.fn(ctx, **state.args)
+                outcome = Outcome.SUCCESS
+            if scope.cancelled_caught:
+                outcome = Outcome.TIMEOUT
+        except trio.Cancelled:
+            outcome = Outcome.CANCELLED
+            raise
+        except Exception as exc:
+            # The message is the task's own; arguments are not logged.
+            logger.debug(
+                "%s[%s]: run failed: %s", task.name, state.key, type(exc).__name__
+            )
+        finally:
+            state.deadlines.remove(deadline)
+            self._finish(state, due, attempt, start, outcome)
+
+    def _finish(
+        self,
+        state: TargetState,
+        due: float,
+        attempt: int,
+        start: float,
+        outcome: Outcome,
+    ) -> None:
+        task = state.task
+        end = trio.current_time()
+        lag, duration = start - due, end - start
+        task.lag.add(lag)
+        task.duration.add(duration)
+        task.runs[outcome] += 1
+        state.runs += 1
+        if task.metrics is not None:
+            task.metrics.observe_run(outcome, lag, duration)
+
+        if outcome is Outcome.SUCCESS:
+            # Staleness drops only now that the run completed, and counts
+            # from when it started.
+            self._account(state, end)
+            state.account.ref = max(state.account.ref, start)
+            state.last_success_start = state.account.ref
+            state.failures = 0
+        else:
+            state.failures += 1
+            if outcome is not Outcome.CANCELLED:
+                self._maybe_retry(state, attempt, end)
+
+        pending, state.pending = state.pending, None
+        if pending is not None and not self._stopping and not state.removed:
+            self._request_run(state, pending[0], pending[1], end)
+
+    def _maybe_retry(self, state: TargetState, attempt: int, now: float) -> None:
+        policy = state.task.policy
+        if attempt >= policy.retries or self._stopping:
+            return
+        retry_at = now + policy.retry_backoff_s * 2**attempt
+        # A retry must finish inside the SLA or, once that is lost, before
+        # the next scheduled run: later it would only duplicate that run.
+        limit = max(state.sla_deadline(), state.next_due or 0.0)
+        if retry_at + state.task.duration.mean() <= limit:
+            self._push_timer(retry_at, state, attempt + 1)
+
+    # -- measurement ---------------------------------------------------------
+
+    def _account(self, state: TargetState, now: float) -> None:
+        if state.paused:
+            state.account.skip_to(now)
+            return
+        task = state.task
+        observed, within = state.account.advance(now, task.policy.sla_s)
+        task.observed_s += observed
+        task.within_s += within
+
+    async def _control_loop(self) -> None:
+        last_offset = self._wall_clock() - trio.current_time()
+        while True:
+            await trio.sleep(self.control_period_s)
+            offset = self._wall_clock() - trio.current_time()
+            if abs(offset - last_offset) > CLOCK_JUMP_THRESHOLD_S:
+                self._clock_jumps += 1
+                logger.warning(
+                    "wall clock jumped by %+.1fs; schedules keep the monotonic clock",
+                    offset - last_offset,
+                )
+            last_offset = offset
+            for task in self.tasks.values():
+                task.refresh_interval()
+            self.metrics.update(self.statistics())
+
+    def statistics(self) -> EngineStatistics:
+        """A snapshot of the engine and every task, accounted up to now."""
+        now = self._now()
+        tasks = {name: self._task_statistics(t, now) for name, t in self.tasks.items()}
+        return EngineStatistics(
+            now_s=now,
+            pool_size=self.pool_size,
+            busy_workers=max(0, self._workers_alive - self._workers_idle),
+            ready=len(self._ready),
+            tasks=tasks,
+            clock_jumps=self._clock_jumps,
+        )
+
+    def _now(self) -> float:
+        # Outside a trio run (after it ended) the last reading stands.
+        try:
+            self._last_now = trio.current_time()
+        except RuntimeError:
+            pass
+        return self._last_now
+
+    def _task_statistics(self, task: Task, now: float) -> TaskStatistics:
+        sla = task.policy.sla_s
+        staleness: list[float] = []
+        paused = 0
+        for state in task.targets.values():
+            if self.running:
+                self._account(state, now)
+            if state.paused:
+                paused += 1
+            else:
+                staleness.append(state.account.staleness(now))
+        staleness.sort()
+        return TaskStatistics(
+            name=task.name,
+            sla_s=sla,
+            interval_s=task.interval_s,
+            priority=task.policy.priority,
+            targets=len(task.targets),
+            paused=paused,
+            violating=len(staleness) - _count_at_most(staleness, sla),
+            worst_staleness_s=staleness[-1] if staleness else 0.0,
+            staleness_p90_s=quantile(staleness, STALENESS_QUANTILE),
+            lag_mean_s=task.lag.mean(),
+            lag_p99_s=task.lag.quantile(0.99),
+            duration_mean_s=task.duration.mean(),
+            duration_p99_s=task.duration.quantile(0.99),
+            runs={o.value: n for o, n in task.runs.items()},
+            missed=task.missed,
+            observed_s=task.observed_s,
+            within_sla_s=task.within_s,
+        )
+
+    def target_statistics(self, task: str, key: str) -> TargetStatistics:
+        """One target's state now; raises ``UnknownTargetError``."""
+        state = self.tasks[task]._get(key)
+        now = self._now()
+        if self.running:
+            self._account(state, now)
+        staleness = state.account.staleness(now)
+        return TargetStatistics(
+            task=task,
+            key=key,
+            paused=state.paused,
+            running=len(state.deadlines),
+            next_due_s=state.next_due,
+            last_success_start_s=state.last_success_start,
+            staleness_s=staleness,
+            within_sla=staleness <= state.task.policy.sla_s,
+            observed_s=state.account.observed_s,
+            within_sla_s=state.account.within_s,
+            runs=state.runs,
+            failures_in_a_row=state.failures,
+        )
+
+
+def _count_at_most(sorted_values: list[float], bound: float) -> int:
+    return bisect.bisect_right(sorted_values, bound)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``"HOST:PORT"``; raise ``ConfigError`` naming what is wrong."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(
+            f"metrics_address must be HOST:PORT with a port from 0 to 65535, "
+            f"got {address!r}"
+        )
+    return host.strip("[]"), int(port_text)

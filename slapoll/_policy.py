@@ -1,0 +1,176 @@
+"""Value types shared by every module: a task's policy and run outcomes.
+
+They depend on nothing else in slapoll, so the controller, the stores and
+the config can all use them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import attrs
+
+from ._durations import Duration, parse_duration
+from .errors import ConfigError
+
+__all__ = ["OVERLAP_POLICIES", "Outcome", "Overlap", "TaskPolicy"]
+
+Overlap = Literal["skip", "queue_one", "allow"]
+OVERLAP_POLICIES: tuple[Overlap, ...] = ("skip", "queue_one", "allow")
+
+# Retries wait 1 s, 2 s, 4 s, ... unless the task says otherwise.
+DEFAULT_RETRY_BACKOFF_S = 1.0
+
+
+class Outcome(enum.Enum):
+    """How one run ended."""
+
+    SUCCESS = "success"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {value!r}")
+
+
+@attrs.frozen
+class TaskPolicy:
+    """What a task promises and how its runs behave; all times in seconds.
+
+    ``every_s`` is the preferred interval; ``None`` lets the engine run as
+    rarely as the SLA safely allows. ``timeout_s`` of ``None`` means the SLA:
+    a run longer than that cannot keep the promise anyway. Higher
+    ``priority`` wins when work competes. ``overlap`` says what happens when
+    a due time comes while a run of the same target is still going:
+    ``"skip"`` drops that due time, ``"queue_one"`` starts one run as soon as
+    the current one ends, ``"allow"`` runs up to ``max_concurrent`` at once.
+    """
+
+    sla_s: float
+    every_s: float | None = None
+    priority: int = 0
+    limits: tuple[str, ...] = ()
+    timeout_s: float | None = None
+    retries: int = 0
+    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
+    overlap: Overlap = "skip"
+    max_concurrent: int = 1
+    phase_s: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _positive("sla", self.sla_s)
+        _positive("every", self.every_s)
+        _positive("timeout", self.timeout_s)
+        _positive("retry_backoff", self.retry_backoff_s)
+        if self.phase_s is not None and not (
+            0 <= self.phase_s < (self.every_s or self.sla_s)
+        ):
+            raise ConfigError(
+                f"phase must be at least 0 and less than the interval, "
+                f"got {self.phase_s!r}"
+            )
+        if self.every_s is not None and self.every_s > self.sla_s:
+            raise ConfigError(
+                f"every ({self.every_s!r}s) must not exceed sla "
+                f"({self.sla_s!r}s): a target polled less often than its SLA "
+                "cannot stay fresh"
+            )
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise ConfigError(f"priority must be an integer, got {self.priority!r}")
+        if (
+            isinstance(self.retries, bool)
+            or not isinstance(self.retries, int)
+            or (self.retries < 0)
+        ):
+            raise ConfigError(
+                f"retries must be a whole number >= 0, got {self.retries!r}"
+            )
+        if self.overlap not in OVERLAP_POLICIES:
+            raise ConfigError(
+                f"overlap must be one of {', '.join(OVERLAP_POLICIES)}, "
+                f"got {self.overlap!r}"
+            )
+        if (
+            isinstance(self.max_concurrent, bool)
+            or not isinstance(self.max_concurrent, int)
+            or self.max_concurrent < 1
+        ):
+            raise ConfigError(
+                f"max_concurrent must be a whole number >= 1, "
+                f"got {self.max_concurrent!r}"
+            )
+        if self.max_concurrent > 1 and self.overlap != "allow":
+            raise ConfigError(
+                f"max_concurrent = {self.max_concurrent!r} needs overlap = "
+                f"'allow'; with {self.overlap!r} a target runs once at a time"
+            )
+        for key in self.limits:
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"limits must be non-empty strings, got {key!r}")
+
+    @property
+    def effective_timeout_s(self) -> float:
+        """The run timeout in force: the declared one, or the SLA."""
+        return self.sla_s if self.timeout_s is None else self.timeout_s
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        sla: Duration,
+        every: Duration | None = None,
+        priority: int = 0,
+        limits: Iterable[str] = (),
+        timeout: Duration | None = None,
+        retries: int = 0,
+        retry_backoff: Duration = DEFAULT_RETRY_BACKOFF_S,
+        overlap: str = "skip",
+        max_concurrent: int = 1,
+        phase: Duration | None = None,
+    ) -> TaskPolicy:
+        """Build a policy from the decorator's (and config's) spelling."""
+        if isinstance(limits, str):
+            raise ConfigError(f"limits must be a list of keys, got {limits!r}")
+        return cls(
+            sla_s=parse_duration(sla, name="sla"),
+            every_s=None if every is None else parse_duration(every, name="every"),
+            priority=priority,
+            limits=tuple(limits),
+            timeout_s=None
+            if timeout is None
+            else parse_duration(timeout, name="timeout"),
+            retries=retries,
+            retry_backoff_s=parse_duration(retry_backoff, name="retry_backoff"),
+            overlap=overlap,  # type: ignore[arg-type]  # validated above
+            max_concurrent=max_concurrent,
+            phase_s=None if phase is None else parse_duration(phase, name="phase"),
+        )
+
+    def with_options(self, **options: Any) -> TaskPolicy:
+        """Return a copy with some options replaced, in decorator spelling."""
+        current: dict[str, Any] = {
+            "sla": self.sla_s,
+            "every": self.every_s,
+            "priority": self.priority,
+            "limits": self.limits,
+            "timeout": self.timeout_s,
+            "retries": self.retries,
+            "retry_backoff": self.retry_backoff_s,
+            "overlap": self.overlap,
+            "max_concurrent": self.max_concurrent,
+            "phase": self.phase_s,
+        }
+        unknown = sorted(set(options) - set(current))
+        if unknown:
+            raise ConfigError(
+                f"unknown task option {unknown[0]!r}; allowed: "
+                f"{', '.join(sorted(current))}"
+            )
+        current.update(options)
+        return TaskPolicy.from_options(**current)

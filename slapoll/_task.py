@@ -1,0 +1,250 @@
+"""Tasks and their targets: the per-target state the engine schedules.
+
+``Task`` is what ``@engine.task`` returns: the user's function, its policy
+and its targets. ``TargetState`` is the engine's mutable record of one
+target; it never leaves the engine (snapshots do).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._measure import SampleWindow, SlaAccount
+from ._policy import Outcome, TaskPolicy
+from .errors import ConfigError, UnknownTargetError, UsageError
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from .metrics import TaskMetrics
+
+__all__ = ["DEFAULT_TARGET_KEY", "RunContext", "TargetState", "Task", "TaskFunction"]
+
+TaskFunction = Callable[..., Awaitable[object]]
+
+# The key of the one target of a task whose function takes no arguments.
+DEFAULT_TARGET_KEY = "default"
+
+# Before anything was measured, an SLA-driven task runs twice per SLA.
+_UNMEASURED_INTERVAL_FRACTION = 0.5
+# However slow its runs, an SLA-driven task never runs more often than this
+# share of its SLA: past that point the SLA cannot be met by polling faster.
+_MIN_INTERVAL_FRACTION = 0.05
+# Margins are taken at this quantile of recent lag and duration.
+MARGIN_QUANTILE = 0.99
+
+
+class RunContext:
+    """What a run receives as its first argument.
+
+    ``due_s`` and ``deadline_s`` are on the engine's clock
+    (``trio.current_time()``); the run is cancelled at ``deadline_s``.
+    ``attempt`` is 0 for a scheduled run and counts up for retries.
+    """
+
+    __slots__ = ("attempt", "deadline_s", "due_s", "key", "task")
+
+    def __init__(
+        self, task: str, key: str, due_s: float, attempt: int, deadline_s: float
+    ) -> None:
+        self.task = task
+        self.key = key
+        self.due_s = due_s
+        self.attempt = attempt
+        self.deadline_s = deadline_s
+
+    def __repr__(self) -> str:
+        return (
+            f"RunContext(task={self.task!r}, key={self.key!r}, "
+            f"due_s={self.due_s!r}, attempt={self.attempt!r})"
+        )
+
+
+class TargetState:
+    """The engine's mutable record of one target; see ``TargetStatistics``."""
+
+    __slots__ = (
+        "account",
+        "args",
+        "deadlines",
+        "failures",
+        "generation",
+        "key",
+        "last_success_start",
+        "next_due",
+        "paused",
+        "pending",
+        "phase",
+        "queued",
+        "removed",
+        "runs",
+        "task",
+    )
+
+    def __init__(
+        self,
+        task: Task,
+        key: str,
+        args: Mapping[str, object],
+        now: float,
+        phase: float | None,
+    ) -> None:
+        self.task = task
+        self.key = key
+        self.args = dict(args)
+        self.phase = phase
+        self.paused = False
+        self.removed = False
+        self.queued = False
+        # Deadlines of the runs in flight; a run past its deadline is being
+        # cancelled and no longer blocks the next one.
+        self.deadlines: list[float] = []
+        # A due time held back by the overlap policy: (due, attempt).
+        self.pending: tuple[float, int] | None = None
+        self.next_due: float | None = None
+        # Timer entries of an older generation are stale and ignored.
+        self.generation = 0
+        self.account = SlaAccount(now)
+        self.runs = 0
+        self.failures = 0
+        self.last_success_start: float | None = None
+
+    def active_runs(self, now: float) -> int:
+        """Runs in flight that are not yet past their deadline."""
+        return sum(1 for d in self.deadlines if d > now)
+
+    def sla_deadline(self) -> float:
+        """When staleness will exceed the SLA unless a run succeeds first."""
+        return self.account.ref + self.task.policy.sla_s
+
+
+class Task:
+    """A declared kind of work: an async function, its policy, its targets.
+
+    Returned by ``Engine.task``. Targets can be added, removed, paused and
+    resumed at any time, before or while the engine runs; changes take
+    effect at once and are written to the engine's store.
+    """
+
+    def __init__(
+        self, engine: Engine, name: str, fn: TaskFunction, policy: TaskPolicy
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.fn = fn
+        self.policy = policy
+        self.targets: dict[str, TargetState] = {}
+        self.takes_arguments = _takes_target_arguments(fn)
+        self.lag = SampleWindow()
+        self.duration = SampleWindow()
+        self.runs = dict.fromkeys(Outcome, 0)
+        self.missed = 0
+        self.observed_s = 0.0
+        self.within_s = 0.0
+        self.interval_s = self._initial_interval()
+        self.metrics: TaskMetrics | None = None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} sla={self.policy.sla_s}s targets={len(self)}>"
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.targets)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[object]:
+        """Call the task's function directly, outside the engine."""
+        return self.fn(*args, **kwargs)
+
+    # -- declaring ---------------------------------------------------------
+
+    def configure(self, **options: Any) -> None:
+        """Override decorator options (same spelling), e.g. from config.
+
+        Raises ``ConfigError`` naming a bad option; allowed only before the
+        engine runs.
+        """
+        if self.engine.running:
+            raise UsageError(
+                f"task {self.name!r} cannot be reconfigured while the engine "
+                "runs; configure it before Engine.run()"
+            )
+        self.policy = self.policy.with_options(**options)
+        self.interval_s = self._initial_interval()
+
+    # -- targets -----------------------------------------------------------
+
+    def add_target(self, key: str, /, **args: object) -> None:
+        """Add a target (or replace the arguments of an existing one).
+
+        *args* are passed to the task's function as keyword arguments; they
+        may hold credentials and are never logged or exported.
+        """
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"a target key must be a non-empty string, got {key!r}")
+        if args and not self.takes_arguments:
+            raise ConfigError(
+                f"task {self.name!r} takes no target arguments, got {sorted(args)!r}"
+            )
+        self.engine._add_target(self, key, args)
+
+    def remove_target(self, key: str) -> None:
+        """Remove a target; its in-flight run finishes, nothing more runs."""
+        self.engine._remove_target(self._get(key))
+
+    def pause(self, key: str | None = None) -> None:
+        """Stop scheduling one target (or all); SLA time is not counted."""
+        for state in self._select(key):
+            self.engine._set_paused(state, paused=True)
+
+    def resume(self, key: str | None = None) -> None:
+        """Schedule a paused target (or all) again from its next due time."""
+        for state in self._select(key):
+            self.engine._set_paused(state, paused=False)
+
+    def _get(self, key: str) -> TargetState:
+        try:
+            return self.targets[key]
+        except KeyError:
+            raise UnknownTargetError(
+                f"task {self.name!r} has no target {key!r}"
+            ) from None
+
+    def _select(self, key: str | None) -> list[TargetState]:
+        return list(self.targets.values()) if key is None else [self._get(key)]
+
+    # -- intervals ---------------------------------------------------------
+
+    def _initial_interval(self) -> float:
+        if self.policy.every_s is not None:
+            return self.policy.every_s
+        return self.policy.sla_s * _UNMEASURED_INTERVAL_FRACTION
+
+    def sla_safe_interval(self) -> float:
+        """The longest interval that keeps the SLA given measured margins.
+
+        ``SLA - (lag margin + duration margin)``, plus room for one retry
+        (a backoff and another run) when retries are configured.
+        """
+        policy = self.policy
+        if not len(self.duration):
+            return policy.sla_s * _UNMEASURED_INTERVAL_FRACTION
+        lag = self.lag.quantile(MARGIN_QUANTILE)
+        duration = self.duration.quantile(MARGIN_QUANTILE)
+        margin = lag + duration
+        if policy.retries:
+            margin += policy.retry_backoff_s + duration
+        floor = policy.sla_s * _MIN_INTERVAL_FRACTION
+        return max(floor, policy.sla_s - margin)
+
+    def refresh_interval(self) -> None:
+        """Follow the SLA-safe bound when no preferred interval is declared."""
+        if self.policy.every_s is None:
+            self.interval_s = self.sla_safe_interval()
+
+
+def _takes_target_arguments(fn: TaskFunction) -> bool:
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    return bool(params)

@@ -1,0 +1,304 @@
+"""The engine end to end on a virtual clock: freshness, order, timeouts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+import trio
+
+import slapoll
+from slapoll import Outcome, RunContext
+
+EngineFactory = Callable[..., slapoll.Engine]
+
+
+async def run_for(engine: slapoll.Engine, seconds: float) -> None:
+    """Run *engine* for *seconds* of (virtual) time, then stop it."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(seconds)
+        engine.stop()
+
+
+async def sample_every(
+    seconds: float, probe: Callable[[], None], *, until: float
+) -> None:
+    """Call *probe* every *seconds* until the clock reaches *until*."""
+    while trio.current_time() < until:
+        await trio.sleep(seconds)
+        probe()
+
+
+async def test_sla_holds_over_an_hour_with_five_second_runs(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """SLA 30 s, runs of 5 s: staleness never exceeds 30 s in an hour."""
+    engine = engine_factory()
+
+    @engine.task(sla="30s")
+    async def feed(ctx: RunContext, n: int) -> None:
+        await trio.sleep(5)
+
+    for i in range(20):
+        feed.add_target(f"user:{i}", n=i)
+    worst: list[float] = []
+
+    def probe() -> None:
+        worst.append(engine.statistics().tasks["feed"].worst_staleness_s)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await sample_every(0.5, probe, until=3600)
+        engine.stop()
+
+    stats = engine.statistics().tasks["feed"]
+    assert max(worst) <= 30.0
+    assert stats.violating == 0
+    assert stats.attainment == 1.0
+    assert stats.observed_s == pytest.approx(20 * 3600, rel=1e-3)
+    # Without a preferred interval the engine runs as rarely as is safe:
+    # about SLA - duration, not far more often.
+    assert 20.0 <= stats.interval_s <= 25.0
+    assert stats.runs["success"] <= 20 * 3600 / 20.0 + 40
+
+
+async def test_staleness_and_attainment_are_exact_with_failures(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """A scripted run of successes and failures gives exact SLA seconds.
+
+    Interval 10 s, SLA 15 s, runs take 1 s; the runs due at 10 s and 20 s
+    fail. Staleness counts from the last successful start (0 s): it passes
+    15 s at t = 15 and the run due at 30 s completes at 31 s.
+    """
+    engine = engine_factory()
+    failing = {10.0, 20.0}
+
+    @engine.task(sla="15s", every="10s", phase=0)
+    async def job(ctx: RunContext) -> None:
+        await trio.sleep(1)
+        if ctx.due_s in failing:
+            raise RuntimeError("upstream said no")
+
+    await run_for(engine, 41.0)
+
+    task = engine.statistics().tasks["job"]
+    target = engine.target_statistics("job", "default")
+    assert task.runs["success"] == 3  # due at 0, 30 and 40 s
+    assert task.runs["error"] == 2
+    assert target.last_success_start_s == 40.0
+    # Observed from 0 to 41 s; outside the SLA from 15 s to 31 s.
+    assert target.observed_s == pytest.approx(41.0)
+    assert target.within_sla_s == pytest.approx(41.0 - 16.0)
+    assert task.attainment == pytest.approx(25.0 / 41.0)
+
+
+async def test_earliest_deadline_runs_first_under_overload(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """With one busy worker, queued targets leave in SLA-deadline order, and
+    among equal deadlines the higher priority goes first."""
+    engine = engine_factory(workers=1)
+    order: list[str] = []
+
+    @engine.task(sla="60s", every="60s", phase=0)
+    async def hog(ctx: RunContext) -> None:
+        await trio.sleep(5)
+
+    def declare(name: str, sla: str, priority: int) -> None:
+        async def poll(ctx: RunContext) -> None:
+            order.append(ctx.task)
+            await trio.sleep(1)
+
+        engine.task(name=name, sla=sla, every="10s", priority=priority, phase=1)(
+            poll
+        )
+
+    declare("relaxed", "60s", 5)
+    declare("urgent", "10s", 0)
+    declare("middle", "30s", 0)
+    declare("middle_important", "30s", 9)
+
+    await run_for(engine, 9.5)
+
+    # All four became due at 1 s while the hog held the only worker to 5 s.
+    assert order == ["urgent", "middle_important", "middle", "relaxed"]
+    lag = engine.statistics().tasks["relaxed"].lag_mean_s
+    assert lag == pytest.approx(7.0)
+
+
+async def test_hung_run_is_cancelled_at_its_timeout_and_the_target_runs_again(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """A run that never returns is cancelled at timeout, counted, and the next
+    due time runs normally."""
+    engine = engine_factory()
+    starts: list[float] = []
+
+    @engine.task(sla="30s", every="10s", timeout="4s", phase=0)
+    async def stuck(ctx: RunContext) -> None:
+        starts.append(trio.current_time())
+        if len(starts) == 1:
+            await trio.sleep_forever()
+
+    await run_for(engine, 25.0)
+
+    stats = engine.statistics().tasks["stuck"]
+    assert starts == [0.0, 10.0, 20.0]
+    assert stats.runs["timeout"] == 1
+    assert stats.runs["success"] == 2
+    assert stats.duration_p99_s == pytest.approx(4.0)
+
+
+async def test_targets_added_and_removed_while_running(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """Targets added at run time start within an interval; removed ones stop."""
+    engine = engine_factory()
+    runs: dict[str, list[float]] = {}
+
+    @engine.task(sla="20s", every="10s")
+    async def feed(ctx: RunContext, token: str) -> None:
+        runs.setdefault(ctx.key, []).append(trio.current_time())
+
+    feed.add_target("a", token="t-a")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(30)
+        feed.add_target("b", token="t-b")
+        await trio.sleep(30)
+        feed.remove_target("a")
+        removed_at = trio.current_time()
+        await trio.sleep(30)
+        engine.stop()
+
+    b_runs = runs["b"]
+    assert 30.0 <= b_runs[0] < 40.0
+    assert [round(t - b_runs[0], 6) for t in b_runs] == [0, 10, 20, 30, 40, 50]
+    assert all(t <= removed_at for t in runs["a"])
+    assert list(engine.tasks["feed"]) == ["b"]
+    with pytest.raises(slapoll.UnknownTargetError, match="has no target 'a'"):
+        feed.remove_target("a")
+
+
+async def test_paused_target_does_not_run_or_count(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """Pausing stops runs and SLA time; resuming picks the schedule up."""
+    engine = engine_factory()
+    runs: list[float] = []
+
+    @engine.task(sla="20s", every="10s")
+    async def feed(ctx: RunContext, token: str) -> None:
+        runs.append(trio.current_time())
+
+    feed.add_target("a", token="x")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(20)
+        feed.pause("a")
+        paused_at = trio.current_time()
+        await trio.sleep(100)
+        feed.resume("a")
+        await trio.sleep(20)
+        engine.stop()
+
+    assert not [t for t in runs if paused_at < t < paused_at + 100]
+    assert len(runs) == 4
+    observed = engine.target_statistics("feed", "a").observed_s
+    assert observed == pytest.approx(40.0)
+
+
+async def test_graceful_shutdown_lets_runs_finish_then_cancels(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """stop(): nothing new starts, short runs finish, long ones are cancelled
+    after the grace period and counted."""
+    engine = engine_factory(shutdown_grace="5s")
+    ended: list[str] = []
+
+    @engine.task(sla="60s", every="60s", phase=0)
+    async def work(ctx: RunContext, seconds: float) -> None:
+        await trio.sleep(seconds)
+        ended.append(ctx.key)
+
+    work.add_target("short", seconds=3.0)
+    work.add_target("long", seconds=30.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(61)  # both ran once, the second round is in flight
+        engine.stop()
+        stopped_at = trio.current_time()
+
+    runs = engine.statistics().tasks["work"].runs
+    # Round one (t = 0): both finished. Round two (t = 60): the short run
+    # finished inside the grace, the long one was cancelled at its end.
+    assert sorted(ended) == ["long", "short", "short"]
+    assert runs["cancelled"] == 1
+    assert runs["success"] == 3
+    assert trio.current_time() == pytest.approx(stopped_at + 5.0)
+    assert not engine.running
+
+
+async def test_run_errors_are_outcomes_not_exceptions(
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failing run is counted as an error and the arguments stay secret."""
+    engine = engine_factory()
+
+    @engine.task(sla="20s", every="10s")
+    async def feed(ctx: RunContext, token: str) -> None:
+        raise ValueError("bad response")
+
+    feed.add_target("a", token="s3cret-token")
+    with caplog.at_level(logging.DEBUG, logger="slapoll"):
+        await run_for(engine, 30)
+
+    assert engine.statistics().tasks["feed"].runs["error"] == 3
+    assert "run failed: ValueError" in caplog.text
+    assert "s3cret-token" not in caplog.text
+    assert "s3cret-token" not in repr(engine.store)
+
+
+async def test_retries_stay_inside_the_sla_deadline(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """Failed runs are retried with doubling backoff while a retry can still
+    finish inside the SLA, or before the next due time once it is lost."""
+    engine = engine_factory()
+    attempts: list[tuple[float, int]] = []
+
+    @engine.task(sla="20s", every="20s", retries=5, retry_backoff="2s", phase=0)
+    async def flaky(ctx: RunContext) -> None:
+        attempts.append((trio.current_time(), ctx.attempt))
+        raise RuntimeError("down")
+
+    await run_for(engine, 39.0)
+
+    # From t = 0: retries at 2, 6, 14 s; the next (30 s) is past the SLA
+    # deadline of 20 s. From t = 20 (SLA lost): 22, 26, 34; the next (50 s)
+    # is past the next due time of 40 s.
+    assert attempts == [
+        (0.0, 0), (2.0, 1), (6.0, 2), (14.0, 3),
+        (20.0, 0), (22.0, 1), (26.0, 2), (34.0, 3),
+    ]  # fmt: skip
+    assert engine.statistics().tasks["flaky"].runs["error"] == 8
+
+
+async def test_engine_cannot_run_twice(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """Running one engine twice at once is a usage error."""
+    engine = engine_factory()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(0.1)
+        with pytest.raises(slapoll.UsageError, match="already running"):
+            await engine.run()
+        engine.stop()
