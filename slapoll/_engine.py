@@ -12,6 +12,7 @@ it jumps.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import itertools
 import logging
@@ -635,10 +636,8 @@ class Engine:
 
     def _now(self) -> float:
         # Outside a trio run (after it ended) the last reading stands.
-        try:
+        with contextlib.suppress(RuntimeError):
             self._last_now = trio.current_time()
-        except RuntimeError:
-            pass
         return self._last_now
 
     def _task_statistics(self, task: Task, now: float) -> TaskStatistics:

@@ -9,6 +9,8 @@ read from the engine's statistics snapshot once per control period.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ._policy import Outcome
@@ -130,6 +132,7 @@ class EngineMetrics:
         )
         # Counters are fed from cumulative totals in the snapshots.
         self._seen: dict[tuple[str, str], float] = {}
+        self._bound: dict[str, tuple[Any, ...]] = {}
 
     def bind_task(self, task: str) -> TaskMetrics:
         """Return the per-run series of *task*."""
@@ -140,23 +143,45 @@ class EngineMetrics:
         self.pool_size.set(stats.pool_size)
         self.pool_busy.set(stats.busy_workers)
         self.ready.set(stats.ready)
-        self._add("", "clock_jumps", stats.clock_jumps, self.clock_jumps)
+        self._add(("", "clock_jumps"), stats.clock_jumps, self.clock_jumps)
         for name, task in stats.tasks.items():
-            self.targets.labels(name).set(task.targets)
-            self.paused.labels(name).set(task.paused)
-            self.violating.labels(name).set(task.violating)
-            self.staleness_worst.labels(name).set(task.worst_staleness_s)
-            self.staleness_p90.labels(name).set(task.staleness_p90_s)
-            self.sla.labels(name).set(task.sla_s)
-            self.interval.labels(name).set(task.interval_s)
-            self._add(name, "observed", task.observed_s, self.observed.labels(name))
-            self._add(name, "met", task.within_sla_s, self.met.labels(name))
-            self._add(name, "missed", task.missed, self.missed.labels(name))
+            bound = self._bound.get(name)
+            if bound is None:
+                bound = self._bound[name] = self._bind_snapshot_series(name)
+            (targets, paused, violating, worst, p90, sla, interval,
+             observed, met, missed) = bound  # fmt: skip
+            targets.set(task.targets)
+            paused.set(task.paused)
+            violating.set(task.violating)
+            worst.set(task.worst_staleness_s)
+            p90.set(task.staleness_p90_s)
+            sla.set(task.sla_s)
+            interval.set(task.interval_s)
+            self._add((name, "observed"), task.observed_s, observed)
+            self._add((name, "met"), task.within_sla_s, met)
+            self._add((name, "missed"), task.missed, missed)
 
-    def _add(self, task: str, what: str, total: float, counter: Counter) -> None:
+    def _bind_snapshot_series(self, task: str) -> tuple[Any, ...]:
+        return tuple(
+            metric.labels(task)
+            for metric in (
+                self.targets,
+                self.paused,
+                self.violating,
+                self.staleness_worst,
+                self.staleness_p90,
+                self.sla,
+                self.interval,
+                self.observed,
+                self.met,
+                self.missed,
+            )
+        )
+
+    def _add(self, key: tuple[str, str], total: float, counter: Any) -> None:
         # A counter only goes up; totals can only go up too, so the
         # difference since the last snapshot is what happened meanwhile.
-        seen = self._seen.get((task, what), 0.0)
+        seen = self._seen.get(key, 0.0)
         if total > seen:
             counter.inc(total - seen)
-            self._seen[task, what] = total
+            self._seen[key] = total

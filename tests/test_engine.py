@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import slapoll
-from slapoll import Outcome, RunContext
+from slapoll import RunContext
 
 EngineFactory = Callable[..., slapoll.Engine]
 
@@ -112,9 +112,7 @@ async def test_earliest_deadline_runs_first_under_overload(
             order.append(ctx.task)
             await trio.sleep(1)
 
-        engine.task(name=name, sla=sla, every="10s", priority=priority, phase=1)(
-            poll
-        )
+        engine.task(name=name, sla=sla, every="10s", priority=priority, phase=1)(poll)
 
     declare("relaxed", "60s", 5)
     declare("urgent", "10s", 0)

@@ -1,0 +1,74 @@
+"""Reading and writing durations."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slapoll import DurationError, format_duration, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("1.5s", 1.5),
+        ("2d", 172800.0),
+        ("12", 12.0),
+        (7, 7.0),
+        (0.5, 0.5),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration_reads_units_and_numbers(
+    text: str | float, seconds: float
+) -> None:
+    """Units ms, s, m, h, d and plain numbers of seconds are accepted."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("soon", "must be a duration such as '250ms'"),
+        ("5 minutes", "got '5 minutes'"),
+        ("-3s", "got '-3s'"),
+        (-1, "finite, non-negative duration, got -1"),
+        (float("inf"), "finite"),
+        (True, "got True"),
+        ([1], r"got \[1\]"),
+    ],
+)
+def test_parse_duration_rejects_garbage_with_the_value(
+    value: object, message: str
+) -> None:
+    """Bad durations name the value and what is allowed."""
+    with pytest.raises(DurationError, match=message):
+        parse_duration(value, name="every")  # type: ignore[arg-type]
+
+
+@given(
+    st.floats(min_value=0, max_value=1e9, allow_nan=False)
+    | st.integers(min_value=0, max_value=10**6).map(lambda n: n * 0.001)
+    | st.integers(min_value=0, max_value=10**5).map(float)
+)
+def test_format_then_parse_gives_the_same_seconds(seconds: float) -> None:
+    """format_duration round-trips through parse_duration exactly."""
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+def test_format_duration_uses_the_largest_exact_unit() -> None:
+    """Whole units read as people write them."""
+    assert [format_duration(s) for s in (0.25, 30, 300, 3600, 5400, 1.5)] == [
+        "250ms",
+        "30s",
+        "5m",
+        "1h",
+        "90m",
+        "1500ms",
+    ]
