@@ -18,7 +18,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import trio
@@ -43,7 +43,17 @@ logger = logging.getLogger("slapoll.engine")
 CLOCK_JUMP_THRESHOLD_S = 1.0
 # Staleness is summarised per task at this quantile besides the worst.
 STALENESS_QUANTILE = 0.9
+# Targets accounted between two checkpoints of the statistics sweep: well
+# under a millisecond of work, so no run waits on the sweep for longer.
+STATISTICS_SLICE = 500
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+
+# Outcome values, as plain strings: the run path counts by them.
+_SUCCESS = Outcome.SUCCESS.value
+_ERROR = Outcome.ERROR.value
+_TIMEOUT = Outcome.TIMEOUT.value
+_SKIPPED = Outcome.SKIPPED.value
+_CANCELLED = Outcome.CANCELLED.value
 
 # Timer heap entry: (due, seq, target, generation, attempt).
 _Timer = tuple[float, int, TargetState, int, int]
@@ -81,7 +91,7 @@ class Engine:
     ) -> None:
         self.tasks: dict[str, Task] = {}
         self.registry = CollectorRegistry() if registry is None else registry
-        self.metrics = EngineMetrics(self.registry)
+        self.metrics = EngineMetrics(self.registry, lambda: self.tasks)
         self.store: Store = MemoryStore() if store is None else store
         self._wall_clock = wall_clock
         self.min_workers = 1
@@ -106,6 +116,8 @@ class Engine:
         self._ready: list[_Ready] = []
         self._scheduler_lot = trio.lowlevel.ParkingLot()
         self._scheduler_wake_at = math.inf
+        # Deadlines of runs in flight: (deadline, run id, worker slot).
+        self._run_deadlines: list[tuple[float, int, _WorkerSlot]] = []
         self._worker_lot = trio.lowlevel.ParkingLot()
         self._workers_alive = 0
         self._workers_idle = 0
@@ -118,6 +130,8 @@ class Engine:
         self._origin = 0.0
         self._clock_jumps = 0
         self._last_now = 0.0
+        # trio.current_time without the indirection; set when the run starts.
+        self._clock: Callable[[], float] = trio.current_time
 
     # -- declaring -----------------------------------------------------------
 
@@ -212,7 +226,6 @@ class Engine:
             if task_name in self.tasks:
                 raise ConfigError(f"a task named {task_name!r} is already declared")
             task = Task(self, task_name, fn, policy)
-            task.metrics = self.metrics.bind_task(task_name)
             self.tasks[task_name] = task
             return task
 
@@ -227,6 +240,7 @@ class Engine:
         self.running = True
         self._stopping = False
         self._stop_event = trio.Event()
+        self._clock = trio.lowlevel.current_clock().current_time
         server = None
         try:
             await self._load_store()
@@ -434,11 +448,21 @@ class Engine:
 
     async def _schedule_loop(self) -> None:
         timers = self._timers
-        while not self._stopping:
-            now = trio.current_time()
-            while timers and timers[0][0] <= now:
+        deadlines = self._run_deadlines
+        clock = trio.lowlevel.current_clock().current_time
+        while True:
+            now = clock()
+            while timers and timers[0][0] <= now and not self._stopping:
                 self._fire(heapq.heappop(timers), now)
-            self._scheduler_wake_at = timers[0][0] if timers else math.inf
+            # Run timeouts are watched here rather than by a cancel scope a
+            # run: a heap push costs far less than moving a scope's deadline.
+            while deadlines and deadlines[0][0] <= now:
+                _, run_id, slot = heapq.heappop(deadlines)
+                if slot.run_id == run_id:
+                    slot.scope.cancel()
+            next_timer = timers[0][0] if timers and not self._stopping else math.inf
+            next_deadline = deadlines[0][0] if deadlines else math.inf
+            self._scheduler_wake_at = min(next_timer, next_deadline)
             with trio.move_on_at(self._scheduler_wake_at):
                 await self._scheduler_lot.park()
 
@@ -451,9 +475,11 @@ class Engine:
             # The next due time follows from this one, never from when a run
             # ends. After a gap (a suspended process, an overload) the due
             # times that all passed collapse into the latest.
-            due, passed = catch_up(due, now, task.interval_s)
-            task.missed += passed
-            state.next_due = due + task.interval_s
+            interval = task.interval_s
+            if now >= due + interval:
+                due, passed = catch_up(due, now, interval)
+                task.missed += passed
+            state.next_due = due + interval
             self._push_timer(state.next_due, state, 0)
         elif state.failures == 0:
             return  # a scheduled run succeeded meanwhile: the retry is moot
@@ -489,9 +515,7 @@ class Engine:
             self._worker_lot.unpark()
 
     def _count_skip(self, task: Task, state: TargetState) -> None:
-        task.runs[Outcome.SKIPPED] += 1
-        if task.metrics is not None:
-            task.metrics.observe_skip()
+        task.runs[_SKIPPED] += 1
         logger.debug("%s[%s]: due time skipped, still running", task.name, state.key)
 
     # -- the pool ------------------------------------------------------------
@@ -507,38 +531,55 @@ class Engine:
             done.set()
 
     async def _worker(self) -> None:
-        ready = self._ready
+        slot = _WorkerSlot()
         try:
-            while not self._stopping and self._workers_alive <= self.pool_size:
-                if not ready:
-                    self._workers_idle += 1
-                    try:
-                        await self._worker_lot.park()
-                    finally:
-                        self._workers_idle -= 1
-                    continue
-                _, _, _, state, due, attempt = heapq.heappop(ready)
-                state.queued = False
-                if not state.removed and not state.paused:
-                    await self._execute(state, due, attempt)
+            while self._may_work():
+                # The scope is cancelled when a run passes its deadline; the
+                # worker then goes on under a fresh one.
+                with trio.CancelScope() as slot.scope:
+                    await self._work(slot)
         finally:
             self._workers_alive -= 1
 
-    async def _execute(self, state: TargetState, due: float, attempt: int) -> None:
+    def _may_work(self) -> bool:
+        return not self._stopping and self._workers_alive <= self.pool_size
+
+    async def _work(self, slot: _WorkerSlot) -> None:
+        ready = self._ready
+        while self._may_work():
+            if not ready:
+                self._workers_idle += 1
+                try:
+                    await self._worker_lot.park()
+                finally:
+                    self._workers_idle -= 1
+                continue
+            _, _, _, state, due, attempt = heapq.heappop(ready)
+            state.queued = False
+            if not state.removed and not state.paused:
+                await self._execute(state, due, attempt, slot)
+
+    async def _execute(
+        self, state: TargetState, due: float, attempt: int, slot: _WorkerSlot
+    ) -> None:
         task = state.task
-        start = trio.current_time()
+        start = self._clock()
         deadline = start + task.policy.effective_timeout_s
         state.deadlines.append(deadline)
+        slot.run_id = run_id = next(self._seq)
+        heapq.heappush(self._run_deadlines, (deadline, run_id, slot))
+        if deadline < self._scheduler_wake_at:
+            self._scheduler_lot.unpark_all()
         ctx = RunContext(task.name, state.key, due, attempt, deadline)
-        outcome = Outcome.ERROR
+        outcome = _ERROR
         try:
-            with trio.move_on_at(deadline) as scope:
-                await task.fn(ctx, **state.args)
-                outcome = Outcome.SUCCESS
-            if scope.cancelled_caught:
-                outcome = Outcome.TIMEOUT
+            await task.fn(ctx, **state.args)
+            outcome = _SUCCESS
         except trio.Cancelled:
-            outcome = Outcome.CANCELLED
+            # Only the watchdog cancels the worker's scope: a timeout. Any
+            # other cancellation is the engine shutting down.
+            timed_out = slot.scope.cancel_called
+            outcome = _TIMEOUT if timed_out else _CANCELLED
             raise
         except Exception as exc:
             # The message is the task's own; arguments are not logged.
@@ -546,6 +587,7 @@ class Engine:
                 "%s[%s]: run failed: %s", task.name, state.key, type(exc).__name__
             )
         finally:
+            slot.run_id = -1
             state.deadlines.remove(deadline)
             self._finish(state, due, attempt, start, outcome)
 
@@ -555,19 +597,19 @@ class Engine:
         due: float,
         attempt: int,
         start: float,
-        outcome: Outcome,
+        outcome: str,
     ) -> None:
         task = state.task
-        end = trio.current_time()
+        end = self._clock()
         lag, duration = start - due, end - start
         task.lag.add(lag)
         task.duration.add(duration)
+        task.lag_buckets.observe(lag)
+        task.duration_buckets.observe(duration)
         task.runs[outcome] += 1
         state.runs += 1
-        if task.metrics is not None:
-            task.metrics.observe_run(outcome, lag, duration)
 
-        if outcome is Outcome.SUCCESS:
+        if outcome is _SUCCESS:
             # Staleness drops only now that the run completed, and counts
             # from when it started.
             self._account(state, end)
@@ -576,7 +618,7 @@ class Engine:
             state.failures = 0
         else:
             state.failures += 1
-            if outcome is not Outcome.CANCELLED:
+            if outcome is not _CANCELLED:
                 self._maybe_retry(state, attempt, end)
 
         pending, state.pending = state.pending, None
@@ -619,14 +661,40 @@ class Engine:
             last_offset = offset
             for task in self.tasks.values():
                 task.refresh_interval()
-            self.metrics.update(self.statistics())
+            self.metrics.update(await self._statistics_in_steps())
 
     def statistics(self) -> EngineStatistics:
         """A snapshot of the engine and every task, accounted up to now."""
-        now = self._now()
-        tasks = {name: self._task_statistics(t, now) for name, t in self.tasks.items()}
+        tasks = {}
+        for name, task in self.tasks.items():
+            steps = self._task_statistics(task)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    tasks[name] = done.value
+                    break
+        return self._engine_statistics(tasks)
+
+    async def _statistics_in_steps(self) -> EngineStatistics:
+        # The same snapshot, letting runs start between slices of targets:
+        # a sweep over a hundred thousand targets must not hold up the
+        # schedule for its whole length.
+        tasks = {}
+        for name, task in list(self.tasks.items()):
+            steps = self._task_statistics(task)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    tasks[name] = done.value
+                    break
+                await trio.lowlevel.checkpoint()
+        return self._engine_statistics(tasks)
+
+    def _engine_statistics(self, tasks: dict[str, TaskStatistics]) -> EngineStatistics:
         return EngineStatistics(
-            now_s=now,
+            now_s=self._now(),
             pool_size=self.pool_size,
             busy_workers=max(0, self._workers_alive - self._workers_idle),
             ready=len(self._ready),
@@ -640,17 +708,31 @@ class Engine:
             self._last_now = trio.current_time()
         return self._last_now
 
-    def _task_statistics(self, task: Task, now: float) -> TaskStatistics:
+    def _task_statistics(self, task: Task) -> Generator[None, None, TaskStatistics]:
+        """Account every target of *task*; yields between slices of them."""
         sla = task.policy.sla_s
         staleness: list[float] = []
         paused = 0
-        for state in task.targets.values():
-            if self.running:
-                self._account(state, now)
+        now = self._now()
+        running = self.running
+        for i, state in enumerate(list(task.targets.values())):
+            if i and i % STATISTICS_SLICE == 0:
+                yield
+                now = self._now()
+            account = state.account
+            if state.removed:
+                continue
             if state.paused:
                 paused += 1
-            else:
-                staleness.append(state.account.staleness(now))
+                account.skip_to(now)
+                continue
+            if running:
+                # _account, inlined: this loop visits every target.
+                observed, within = account.advance(now, sla)
+                task.observed_s += observed
+                task.within_s += within
+            staleness.append(now - account.ref)
+        yield
         staleness.sort()
         return TaskStatistics(
             name=task.name,
@@ -666,7 +748,7 @@ class Engine:
             lag_p99_s=task.lag.quantile(0.99),
             duration_mean_s=task.duration.mean(),
             duration_p99_s=task.duration.quantile(0.99),
-            runs={o.value: n for o, n in task.runs.items()},
+            runs=dict(task.runs),
             missed=task.missed,
             observed_s=task.observed_s,
             within_sla_s=task.within_s,
@@ -693,6 +775,16 @@ class Engine:
             runs=state.runs,
             failures_in_a_row=state.failures,
         )
+
+
+class _WorkerSlot:
+    """A worker's cancel scope and the id of the run it holds (-1: none)."""
+
+    __slots__ = ("run_id", "scope")
+
+    def __init__(self) -> None:
+        self.run_id = -1
+        self.scope = trio.CancelScope()
 
 
 def _count_at_most(sorted_values: list[float], bound: float) -> int:

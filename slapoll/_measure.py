@@ -1,15 +1,30 @@
 """Running estimates and SLA accounting; pure bookkeeping, no I/O.
 
 ``SampleWindow`` keeps the most recent samples of a quantity (lag, duration)
-for a mean and a high quantile. ``SlaAccount`` integrates, exactly, how long
+for a mean and a high quantile; ``BucketCounts`` counts all of them by
+histogram bucket. ``SlaAccount`` integrates, exactly, how long
 one target was observed and how long of that it was within its SLA.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
+from collections import deque
 
-__all__ = ["SampleWindow", "SlaAccount", "quantile"]
+__all__ = ["BucketCounts", "SampleWindow", "SlaAccount", "quantile"]
+
+# Histogram buckets. Lag is usually milliseconds and grows to minutes under
+# overload; polls of an HTTP API take tens of milliseconds to minutes.
+LAG_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
+DURATION_BUCKETS_S = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)  # fmt: skip
 
 # Enough samples for a stable p99 (about ten beyond it), few enough to sort
 # every control period.
@@ -27,24 +42,14 @@ def quantile(sorted_values: list[float], q: float) -> float:
 class SampleWindow:
     """The last *size* samples of a quantity, with mean and quantiles."""
 
-    __slots__ = ("_next", "_samples", "_size", "count", "total")
+    __slots__ = ("_samples",)
 
     def __init__(self, size: int = DEFAULT_WINDOW) -> None:
-        self._size = size
-        self._samples: list[float] = []
-        self._next = 0
-        self.count = 0
-        self.total = 0.0
+        self._samples: deque[float] = deque(maxlen=size)
 
     def add(self, value: float) -> None:
         """Record one sample, replacing the oldest once the window is full."""
-        if len(self._samples) < self._size:
-            self._samples.append(value)
-        else:
-            self._samples[self._next] = value
-            self._next = (self._next + 1) % self._size
-        self.count += 1
-        self.total += value
+        self._samples.append(value)
 
     def mean(self) -> float:
         """Mean of the samples in the window (0 when empty)."""
@@ -96,3 +101,28 @@ class SlaAccount:
     def staleness(self, now: float) -> float:
         """Seconds since the freshness reference."""
         return now - self.ref
+
+
+class BucketCounts:
+    """Cumulative counts of samples by upper bound, as a histogram exposes.
+
+    ``counts[i]`` holds the samples in ``(bounds[i-1], bounds[i]]``; the
+    last slot holds those above every bound. Observing is a bisection and
+    an increment, cheap enough for every run.
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one sample."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[int]:
+        """Counts of samples at or below each bound, then the grand count."""
+        return list(itertools.accumulate(self.counts))

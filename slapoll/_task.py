@@ -11,13 +11,18 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._measure import SampleWindow, SlaAccount
+from ._measure import (
+    DURATION_BUCKETS_S,
+    LAG_BUCKETS_S,
+    BucketCounts,
+    SampleWindow,
+    SlaAccount,
+)
 from ._policy import Outcome, TaskPolicy
 from .errors import ConfigError, UnknownTargetError, UsageError
 
 if TYPE_CHECKING:
     from ._engine import Engine
-    from .metrics import TaskMetrics
 
 __all__ = ["DEFAULT_TARGET_KEY", "RunContext", "TargetState", "Task", "TaskFunction"]
 
@@ -138,12 +143,13 @@ class Task:
         self.takes_arguments = _takes_target_arguments(fn)
         self.lag = SampleWindow()
         self.duration = SampleWindow()
-        self.runs = dict.fromkeys(Outcome, 0)
+        self.lag_buckets = BucketCounts(LAG_BUCKETS_S)
+        self.duration_buckets = BucketCounts(DURATION_BUCKETS_S)
+        self.runs = {outcome.value: 0 for outcome in Outcome}
         self.missed = 0
         self.observed_s = 0.0
         self.within_s = 0.0
         self.interval_s = self._initial_interval()
-        self.metrics: TaskMetrics | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} sla={self.policy.sla_s}s targets={len(self)}>"
