@@ -45,6 +45,8 @@ def parse_duration(value: Duration, *, name: str = "duration") -> float:
 def _parse_text(text: str, name: str) -> float:
     if _WHOLE.fullmatch(text):
         return sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text))
+    if text.startswith("-"):
+        raise DurationError(f"{name} must not be negative, got {text!r}")
     try:
         return float(text)
     except ValueError:

@@ -166,9 +166,16 @@ class Engine:
             raise ConfigError(
                 f"min_workers ({low!r}) must not exceed max_workers ({high!r})"
             )
+        workers = knobs.get("workers")
+        if workers is not None and not low <= workers <= high:
+            raise ConfigError(
+                f"workers ({workers!r}) must lie between min_workers ({low!r}) "
+                f"and max_workers ({high!r})"
+            )
         self.min_workers, self.max_workers = low, high
-        if "workers" in knobs:
-            self.pool_size = min(max(knobs["workers"], low), high)
+        self.pool_size = min(
+            max(self.pool_size if workers is None else workers, low), high
+        )
         if "control_period" in knobs:
             period = parse_duration(knobs["control_period"], name="control_period")
             if period <= 0:
@@ -186,8 +193,6 @@ class Engine:
 
     def task(
         self,
-        fn: TaskFunction | None = None,
-        /,
         *,
         name: str | None = None,
         sla: Duration,
@@ -200,13 +205,15 @@ class Engine:
         overlap: str = "skip",
         max_concurrent: int = 1,
         phase: Duration | None = None,
-    ) -> Any:
+    ) -> Callable[[TaskFunction], Task]:
         """Declare a task: ``@engine.task(sla="30s", every="10s")``.
 
-        The function is ``async def fn(ctx, **target_args)``. Returns the
-        ``Task``. ``sla`` is the freshness bound; ``every`` the preferred
-        interval (without it the engine runs as rarely as the SLA safely
-        allows). See ``TaskPolicy`` for the rest.
+        The function is ``async def fn(ctx, **target_args)``; the decorator
+        returns its ``Task``. ``sla`` is the freshness bound; ``every`` the
+        preferred interval (without it the engine runs as rarely as the SLA
+        safely allows); ``phase`` pins due times to an offset within the
+        interval. See ``TaskPolicy`` for the rest. Raises ``ConfigError``
+        for a bad option.
         """
         policy = TaskPolicy.from_options(
             sla=sla,
@@ -229,7 +236,7 @@ class Engine:
             self.tasks[task_name] = task
             return task
 
-        return declare if fn is None else declare(fn)
+        return declare
 
     # -- running -------------------------------------------------------------
 

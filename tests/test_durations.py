@@ -37,7 +37,7 @@ def test_parse_duration_reads_units_and_numbers(
     [
         ("soon", "must be a duration such as '250ms'"),
         ("5 minutes", "got '5 minutes'"),
-        ("-3s", "got '-3s'"),
+        ("-3s", "must not be negative, got .-3s."),
         (-1, "finite, non-negative duration, got -1"),
         (float("inf"), "finite"),
         (True, "got True"),

@@ -1,0 +1,249 @@
+"""The ``slapoll`` command: run an engine from a config file, check one, demo.
+
+Exit codes: 0 done; 1 ``check`` found the config invalid; 2 a usage or
+config error stopped ``run`` or ``demo`` before anything started.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import attrs
+import click
+import trio
+
+from ._durations import format_duration, parse_duration
+from ._engine import Engine, parse_address
+from ._policy import TaskPolicy
+from ._runner import run_until_signalled
+from ._task import Task
+from .config import Address, Config, apply_config, load_config, load_engine
+from .errors import ConfigError
+
+__all__ = ["main"]
+
+# Exit status of a config (or usage) error, as click uses for usage errors.
+_EXIT_USAGE = 2
+# Exit status of ``check`` when the config is invalid: the answer is "no".
+_EXIT_INVALID = 1
+_LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_DEMO_TARGETS = 50
+
+
+class _DurationType(click.ParamType[float]):
+    """A duration option such as ``30s`` or ``1m``, converted to seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value), name=self.name)
+        except ConfigError as exc:
+            self.fail(str(exc).removeprefix(f"{self.name} "), param, ctx)
+
+
+class _AddressType(click.ParamType[str]):
+    """A ``HOST:PORT`` option, kept as text once it has been checked."""
+
+    name = "host:port"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        try:
+            parse_address(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc).removeprefix("metrics_address "), param, ctx)
+        return str(value)
+
+
+_DURATION = _DurationType()
+_ADDRESS = _AddressType()
+
+
+@click.group()
+@click.version_option(package_name="slapoll")
+def main() -> None:
+    """Keep polled data fresh within its SLA."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--metrics-address",
+    type=_ADDRESS,
+    help="Serve Prometheus metrics here, overriding the config.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS),
+    default="info",
+    show_default=True,
+)
+# Stops the engine gracefully after this long, as a signal would; for tests
+# and for trying a config out.
+@click.option("--duration", type=_DURATION, hidden=True)
+def run(
+    config: Path,
+    metrics_address: str | None,
+    log_level: str,
+    duration: float | None,
+) -> None:
+    """Run the engine CONFIG names until SIGINT or SIGTERM.
+
+    The first signal stops gracefully (in-flight runs get the shutdown
+    grace); a second one cancels them at once.
+    """
+    try:
+        engine = _prepare(config, metrics_address)
+    except ConfigError as exc:
+        _fail(exc, _EXIT_USAGE)
+
+    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+    trio.run(_run_engine, engine, duration)
+
+
+async def _run_engine(engine: Engine, duration_s: float | None) -> None:
+    if duration_s is None:
+        await run_until_signalled(engine)
+        return
+
+    async def stop_later() -> None:
+        await trio.sleep(duration_s)
+        engine.stop()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_later)
+        await run_until_signalled(engine)
+        nursery.cancel_scope.cancel()
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+def check(config: Path) -> None:
+    """Check CONFIG and print what would run; exit 1 if it is invalid."""
+    try:
+        loaded = load_config(config)
+        engine = load_engine(loaded)
+        apply_config(loaded, engine)
+    except ConfigError as exc:
+        _fail(exc, _EXIT_INVALID)
+
+    click.echo(_describe(loaded, engine))
+
+
+@main.command()
+@click.option(
+    "--duration",
+    type=_DURATION,
+    default="30s",
+    show_default=True,
+    help="How long to run before stopping.",
+)
+@click.option("--metrics-address", type=_ADDRESS, help="Serve metrics here.")
+@click.option(
+    "--targets",
+    type=click.IntRange(min=1),
+    default=_DEMO_TARGETS,
+    show_default=True,
+    help="How many feeds to keep fresh.",
+)
+def demo(duration: float, metrics_address: str | None, targets: int) -> None:
+    """Poll a local sandbox API and show the SLAs holding."""
+    # Imported here: the demo pulls in the sandbox, which no other command
+    # needs.
+    from .demo import run_demo
+
+    try:
+        run_demo(duration_s=duration, metrics_address=metrics_address, targets=targets)
+    except ConfigError as exc:
+        _fail(exc, _EXIT_USAGE)
+
+
+def _prepare(path: Path, metrics_address: str | None) -> Engine:
+    config = load_config(path)
+    if metrics_address is not None:
+        config = attrs.evolve(
+            config,
+            engine=attrs.evolve(
+                config.engine, metrics_address=Address(metrics_address)
+            ),
+        )
+    engine = load_engine(config)
+    apply_config(config, engine)
+    return engine
+
+
+def _fail(error: ConfigError, code: int) -> NoReturn:
+    click.echo(f"error: {error}", err=True)
+    raise SystemExit(code)
+
+
+# -- describing what would run ---------------------------------------------
+
+
+def _describe(config: Config, engine: Engine) -> str:
+    """What ``check`` prints: the engine's knobs, then one row per task."""
+    grace = format_duration(engine.shutdown_grace_s)
+    period = format_duration(engine.control_period_s)
+    lines = [
+        f"config:  {config.path}",
+        f"app:     {config.engine.app}",
+        f"workers: {engine.pool_size} "
+        f"(between {engine.min_workers} and {engine.max_workers})",
+        f"control period {period}, shutdown grace {grace}",
+        f"metrics: {engine.metrics_address or 'not served'}",
+        "",
+    ]
+
+    header = ("task", "sla", "interval", "priority", "limits", "timeout")
+    rows: list[tuple[str, ...]] = [(*header, "retries", "overlap", "targets")]
+    rows.extend(
+        _task_row(task.name, task.policy, _targets(task))
+        for task in engine.tasks.values()
+    )
+    lines.extend(_columns(rows))
+    targets = sum(_targets(task) for task in engine.tasks.values())
+    lines.append("")
+    lines.append(f"ok: {len(engine.tasks)} tasks, {targets} targets declared in code")
+    return "\n".join(lines)
+
+
+def _targets(task: Task) -> int:
+    # A task whose function takes no arguments gets its one target when the
+    # engine starts.
+    return len(task) or int(not task.takes_arguments)
+
+
+def _task_row(name: str, policy: TaskPolicy, targets: int) -> tuple[str, ...]:
+    every = policy.every_s
+    timeout = format_duration(policy.effective_timeout_s)
+    return (
+        name,
+        format_duration(policy.sla_s),
+        "auto" if every is None else format_duration(every),
+        str(policy.priority),
+        ",".join(policy.limits) or "-",
+        timeout if policy.timeout_s is not None else f"{timeout} (sla)",
+        str(policy.retries),
+        policy.overlap,
+        str(targets),
+    )
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in rows
+    ]

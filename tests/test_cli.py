@@ -1,0 +1,279 @@
+"""Tests for the slapoll command line, through click's CliRunner."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from slapoll.cli import main
+from slapoll.config import load_config
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+APP = """
+import slapoll
+
+engine = slapoll.Engine(workers=2)
+runs = []
+
+
+@engine.task(sla="1s", every="50ms", limits=["api"])
+async def feed(ctx, url):
+    runs.append(ctx.key)
+
+
+@engine.task(sla="1m")
+async def digest(ctx):
+    pass
+
+
+feed.add_target("a", url="https://a.example/feed")
+feed.add_target("b", url="https://b.example/feed")
+"""
+
+CONFIG = """
+[engine]
+app = "{module}:engine"
+workers = 3
+max_workers = 8
+
+[tasks.feed]
+priority = 2
+timeout = "500ms"
+"""
+
+
+@pytest.fixture
+def isolated_imports() -> Iterator[None]:
+    """Undo what loading an app adds to sys.path and sys.modules."""
+    path, modules = list(sys.path), set(sys.modules)
+    yield
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def config(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A good config next to its app module, named after the test."""
+    module = f"app_{request.node.name}".replace("[", "_").replace("]", "_")
+    (tmp_path / f"{module}.py").write_text(APP, encoding="utf-8")
+    path = tmp_path / "slapoll.toml"
+    path.write_text(CONFIG.format(module=module), encoding="utf-8")
+    return path
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def app_module(config: Path) -> types.ModuleType:
+    """The app module that *config* names, once a command has imported it."""
+    app = load_config(config).engine.app
+    assert app is not None
+    return sys.modules[app.partition(":")[0]]
+
+
+# -- check ------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_prints_what_would_run(config: Path) -> None:
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert f"config:  {config}" in lines
+    assert "workers: 3 (between 1 and 8)" in lines
+    assert "metrics: not served" in lines
+    header = lines.index(
+        "task    sla  interval  priority  limits  timeout   retries  overlap  targets"
+    )
+    assert lines[header + 1 : header + 3] == [
+        "feed    1s   50ms      2         api     500ms     0        skip     2",
+        "digest  1m   auto      0         -       1m (sla)  0        skip     1",
+    ]
+    assert lines[-1] == "ok: 2 tasks, 3 targets declared in code"
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_accepts_the_example_config() -> None:
+    result = invoke("check", str(EXAMPLES / "feeds.toml"))
+
+    assert result.exit_code == 0, result.output
+    assert "poll_feed" in result.stdout
+    assert result.stdout.rstrip().endswith("targets declared in code")
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_bad_value_exits_1_with_the_message(config: Path) -> None:
+    config.write_text(
+        config.read_text() + 'every = "5s"\n',
+        encoding="utf-8",
+    )
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: {config}: tasks.feed.every (5.0s) must not exceed sla (1.0s): "
+        "a target polled less often than its SLA cannot stay fresh\n"
+    )
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_unknown_task_exits_1(config: Path) -> None:
+    config.write_text(config.read_text() + "[tasks.fed]\npriority = 1\n")
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 1
+    assert "[tasks.fed] names a task the engine does not declare; known tasks: " in (
+        result.stderr
+    )
+
+
+def test_check_invalid_toml_exits_1_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[engine\n", encoding="utf-8")
+
+    result = invoke("check", str(path))
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {path}: invalid TOML: ")
+    assert "(at line 1, column 8)" in result.stderr
+
+
+def test_check_missing_file_exits_1(tmp_path: Path) -> None:
+    result = invoke("check", str(tmp_path / "nope.toml"))
+
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {tmp_path / 'nope.toml'}: no such config file\n"
+
+
+def test_check_without_app_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "slapoll.toml"
+    path.write_text("[engine]\nworkers = 2\n", encoding="utf-8")
+
+    result = invoke("check", str(path))
+
+    assert result.exit_code == 1
+    assert "engine.app is not set" in result.stderr
+
+
+# -- run --------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_run_polls_until_the_duration_ends(config: Path) -> None:
+    result = invoke("run", str(config), "--duration", "400ms")
+
+    assert result.exit_code == 0, result.output
+    module = app_module(config)
+    assert set(module.runs) == {"a", "b"}
+    assert module.engine.running is False
+    assert module.engine.tasks["feed"].policy.priority == 2
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_run_metrics_address_option_overrides_the_config(config: Path) -> None:
+    result = invoke(
+        "run", str(config), "--duration", "0s", "--metrics-address", "127.0.0.1:0"
+    )
+
+    assert result.exit_code == 0, result.output
+    module = app_module(config)
+    assert module.engine.metrics_address == "127.0.0.1:0"
+
+
+def test_run_rejects_a_bad_metrics_address_option(config: Path) -> None:
+    result = invoke("run", str(config), "--metrics-address", "localhost")
+
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for '--metrics-address': must be HOST:PORT with a port "
+        "from 0 to 65535, got 'localhost'"
+    ) in result.stderr
+
+
+def test_run_bad_config_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "slapoll.toml"
+    path.write_text('[engine]\napp = "x:engine"\nworkers = "many"\n')
+
+    result = invoke("run", str(path), "--duration", "0s")
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {path}: engine.workers must be an integer, got 'many'\n"
+    )
+
+
+def test_run_duration_option_is_hidden() -> None:
+    result = invoke("run", "--help")
+
+    assert "--metrics-address" in result.stdout
+    assert "--duration" not in result.stdout
+
+
+# -- demo -------------------------------------------------------------------
+
+
+@pytest.fixture
+def demo_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """Stand in for slapoll.demo and record how run_demo is called."""
+    calls: list[dict[str, object]] = []
+    fake = types.ModuleType("slapoll.demo")
+    fake.run_demo = lambda **kwargs: calls.append(kwargs)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "slapoll.demo", fake)
+    return calls
+
+
+def test_demo_passes_its_options_to_run_demo(
+    demo_calls: list[dict[str, object]],
+) -> None:
+    result = invoke(
+        "demo",
+        "--duration",
+        "2m",
+        "--metrics-address",
+        "127.0.0.1:9464",
+        "--targets",
+        "10",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert demo_calls == [
+        {"duration_s": 120.0, "metrics_address": "127.0.0.1:9464", "targets": 10}
+    ]
+
+
+def test_demo_defaults(demo_calls: list[dict[str, object]]) -> None:
+    result = invoke("demo")
+
+    assert result.exit_code == 0, result.output
+    assert demo_calls == [{"duration_s": 30.0, "metrics_address": None, "targets": 50}]
+
+
+def test_demo_rejects_a_bad_duration(demo_calls: list[dict[str, object]]) -> None:
+    result = invoke("demo", "--duration", "soon")
+
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for '--duration': must be a duration such as '250ms', "
+        "'30s', '5m' or '1h', got 'soon'"
+    ) in result.stderr
+    assert demo_calls == []
+
+
+def test_demo_rejects_zero_targets(demo_calls: list[dict[str, object]]) -> None:
+    result = invoke("demo", "--targets", "0")
+
+    assert result.exit_code == 2
+    assert demo_calls == []
