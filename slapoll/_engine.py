@@ -22,7 +22,7 @@ from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 
 from ._durations import Duration, parse_duration
 from ._measure import SlaAccount, quantile
@@ -100,6 +100,9 @@ class Engine:
         self.control_period_s = 1.0
         self.shutdown_grace_s = 10.0
         self.metrics_address: str | None = None
+        # Where metrics are served once running (the real port when 0 was
+        # asked for); None while not served.
+        self.metrics_url: str | None = None
         self.configure(
             workers=workers,
             min_workers=min_workers,
@@ -276,6 +279,8 @@ class Engine:
             self.metrics.update(self.statistics())
             if server is not None:
                 server.shutdown()
+                server.server_close()
+                self.metrics_url = None
             self.running = False
             logger.info("engine stopped")
 
@@ -324,11 +329,11 @@ class Engine:
             await done.wait()
 
     def _serve_metrics(self, address: str) -> Any:
-        from prometheus_client import start_http_server
-
         host, port = parse_address(address)
         server, _thread = start_http_server(port, host, registry=self.registry)
-        logger.info("metrics on http://%s:%d/metrics", host, server.server_port)
+        shown = f"[{host}]" if ":" in host else host
+        self.metrics_url = f"http://{shown}:{server.server_port}/metrics"
+        logger.info("metrics on %s", self.metrics_url)
         return server
 
     # -- targets -------------------------------------------------------------
