@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
@@ -119,8 +120,8 @@ class Engine:
         self._ready: list[_Ready] = []
         self._scheduler_lot = trio.lowlevel.ParkingLot()
         self._scheduler_wake_at = math.inf
-        # Deadlines of runs in flight: (deadline, run id, worker slot).
-        self._run_deadlines: list[tuple[float, int, _WorkerSlot]] = []
+        # Deadlines of runs in flight, a FIFO per timeout (see _expire_runs).
+        self._run_deadlines: dict[float, deque[tuple[float, int, _WorkerSlot]]] = {}
         self._worker_lot = trio.lowlevel.ParkingLot()
         self._workers_alive = 0
         self._workers_idle = 0
@@ -460,23 +461,39 @@ class Engine:
 
     async def _schedule_loop(self) -> None:
         timers = self._timers
-        deadlines = self._run_deadlines
         clock = trio.lowlevel.current_clock().current_time
         while True:
             now = clock()
             while timers and timers[0][0] <= now and not self._stopping:
                 self._fire(heapq.heappop(timers), now)
-            # Run timeouts are watched here rather than by a cancel scope a
-            # run: a heap push costs far less than moving a scope's deadline.
-            while deadlines and deadlines[0][0] <= now:
-                _, run_id, slot = heapq.heappop(deadlines)
-                if slot.run_id == run_id:
-                    slot.scope.cancel()
+            next_deadline = self._expire_runs(now)
             next_timer = timers[0][0] if timers and not self._stopping else math.inf
-            next_deadline = deadlines[0][0] if deadlines else math.inf
             self._scheduler_wake_at = min(next_timer, next_deadline)
             with trio.move_on_at(self._scheduler_wake_at):
                 await self._scheduler_lot.park()
+
+    def _expire_runs(self, now: float) -> float:
+        """Cancel the runs past their deadline; return the next deadline.
+
+        Run timeouts are watched here rather than by a cancel scope per run:
+        appending to a queue costs far less than moving a scope's deadline.
+        Runs of one timeout end their deadlines in the order they started,
+        so each timeout has a FIFO queue, and entries of runs that already
+        ended are dropped from its head without waking anyone.
+        """
+        next_deadline = math.inf
+        for queue in self._run_deadlines.values():
+            while queue:
+                deadline, run_id, slot = queue[0]
+                if slot.run_id != run_id:
+                    queue.popleft()  # that run has ended
+                elif deadline <= now:
+                    queue.popleft()
+                    slot.scope.cancel()
+                else:
+                    next_deadline = min(next_deadline, deadline)
+                    break
+        return next_deadline
 
     def _fire(self, timer: _Timer, now: float) -> None:
         due, _, state, generation, attempt = timer
@@ -576,10 +593,14 @@ class Engine:
     ) -> None:
         task = state.task
         start = self._clock()
-        deadline = start + task.policy.effective_timeout_s
+        timeout = task.policy.effective_timeout_s
+        deadline = start + timeout
         state.deadlines.append(deadline)
         slot.run_id = run_id = next(self._seq)
-        heapq.heappush(self._run_deadlines, (deadline, run_id, slot))
+        queue = self._run_deadlines.get(timeout)
+        if queue is None:
+            queue = self._run_deadlines[timeout] = deque()
+        queue.append((deadline, run_id, slot))
         if deadline < self._scheduler_wake_at:
             self._scheduler_lot.unpark_all()
         ctx = RunContext(task.name, state.key, due, attempt, deadline)

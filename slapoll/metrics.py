@@ -20,6 +20,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ._measure import BucketCounts
@@ -105,16 +106,14 @@ class EngineMetrics(Collector):
         """Publish a statistics snapshot (replaced, never mutated)."""
         self._stats = stats
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         tasks = dict(self._tasks())
         yield from self._run_series(tasks)
         stats = self._stats
         if stats is not None:
             yield from self._snapshot_series(stats)
 
-    def _run_series(
-        self, tasks: Mapping[str, MeasuredTask]
-    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def _run_series(self, tasks: Mapping[str, MeasuredTask]) -> Iterator[Metric]:
         runs = CounterMetricFamily(
             "slapoll_runs",
             "Runs by outcome; skipped counts due times dropped by the overlap policy.",
@@ -139,9 +138,7 @@ class EngineMetrics(Collector):
         yield lag
         yield duration
 
-    def _snapshot_series(
-        self, stats: EngineStatistics
-    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def _snapshot_series(self, stats: EngineStatistics) -> Iterator[Metric]:
         for name, doc, field in _TASK_GAUGES:
             gauge = GaugeMetricFamily(name, doc, labels=["task"])
             for task in stats.tasks.values():
