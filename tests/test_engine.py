@@ -300,3 +300,85 @@ async def test_engine_cannot_run_twice(
         with pytest.raises(slapoll.UsageError, match="already running"):
             await engine.run()
         engine.stop()
+
+
+async def test_pool_resizes_while_running(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """Growing the pool runs more at once at once; shrinking lets busy
+    workers finish first; sizes stay within the bounds."""
+    engine = engine_factory(workers=2, min_workers=1, max_workers=8)
+    in_flight = 0
+    most: list[int] = []
+
+    @engine.task(sla="20s", every="10s", phase=0)
+    async def work(ctx: RunContext, n: int) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        most.append(in_flight)
+        await trio.sleep(3)
+        in_flight -= 1
+
+    for i in range(8):
+        work.add_target(f"t{i}", n=i)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(1)
+        assert max(most) == 2
+        assert engine.set_pool_size(100) == 8
+        await trio.sleep(0.5)
+        assert in_flight == 8
+        assert engine.set_pool_size(0) == 1
+        await trio.sleep(10)
+        assert engine.statistics().busy_workers == 1
+        engine.stop()
+
+    # One worker left: the one run in flight at stop outlived the grace.
+    assert engine.statistics().tasks["work"].runs["cancelled"] == 1
+
+
+async def test_targets_added_at_run_time_survive_a_restart(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """A target added while running is stored with its phase and pause state,
+    and a new engine on the same store schedules it at the same phase."""
+    store = slapoll.MemoryStore()
+    starts: list[float] = []
+
+    def declare(engine: slapoll.Engine) -> slapoll.Task:
+        @engine.task(sla="60s", every="30s")
+        async def poll(ctx: RunContext, account: str) -> None:
+            starts.append(trio.current_time() % 30)
+
+        return poll
+
+    first = engine_factory(store=store)
+    poll = declare(first)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first.run)
+        await trio.sleep(1)
+        poll.add_target("poll-x", account="x")
+        poll.add_target("poll-y", account="y")
+        poll.pause("poll-y")
+        await trio.sleep(60)
+        first.stop()
+
+    records = {r.key: r for r in await store.load_targets()}
+    assert set(records) == {"poll-x", "poll-y"}
+    assert records["poll-y"].paused
+    assert "account" not in repr(records["poll-x"])
+
+    phase_before = set(starts)
+    starts.clear()
+    second = engine_factory(store=store)
+    declare(second)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second.run)
+        await trio.sleep(65)
+        second.stop()
+
+    assert len(phase_before) == 1
+    assert set(starts) == phase_before
+    assert len(starts) == 2
+    assert second.target_statistics("poll", "poll-y").paused
