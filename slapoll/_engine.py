@@ -125,6 +125,8 @@ class Engine:
         self._worker_lot = trio.lowlevel.ParkingLot()
         self._workers_alive = 0
         self._workers_idle = 0
+        # Workers unparked for ready work that have not yet taken it.
+        self._workers_waking = 0
         self._worker_nursery: trio.Nursery | None = None
         self._store_ops: list[tuple[str, Any]] = []
         self._store_lot = trio.lowlevel.ParkingLot()
@@ -508,8 +510,11 @@ class Engine:
             if now >= due + interval:
                 due, passed = catch_up(due, now, interval)
                 task.missed += passed
-            state.next_due = due + interval
-            self._push_timer(state.next_due, state, 0)
+            state.next_due = next_due = due + interval
+            # The scheduler itself is running: no need to wake it.
+            heapq.heappush(
+                self._timers, (next_due, next(self._seq), state, generation, 0)
+            )
         elif state.failures == 0:
             return  # a scheduled run succeeded meanwhile: the retry is moot
         self._request_run(state, due, attempt, now)
@@ -537,10 +542,14 @@ class Engine:
                 return
 
         state.queued = True
-        priority = task.policy.priority
-        entry = (state.sla_deadline(), -priority, next(self._seq), state, due, attempt)
+        policy = task.policy
+        sla_deadline = state.account.ref + policy.sla_s  # state.sla_deadline()
+        entry = (sla_deadline, -policy.priority, next(self._seq), state, due, attempt)
         heapq.heappush(self._ready, entry)
-        if self._workers_idle:
+        # Wake a worker only for work no woken worker is already coming for:
+        # a worker woken for nothing costs two task switches.
+        if self._workers_waking < min(len(self._ready), self._workers_idle):
+            self._workers_waking += 1
             self._worker_lot.unpark()
 
     def _count_skip(self, task: Task, state: TargetState) -> None:
@@ -575,13 +584,16 @@ class Engine:
 
     async def _work(self, slot: _WorkerSlot) -> None:
         ready = self._ready
-        while self._may_work():
+        # The loop condition is _may_work(), inlined on this hot path.
+        while not self._stopping and self._workers_alive <= self.pool_size:
             if not ready:
                 self._workers_idle += 1
                 try:
                     await self._worker_lot.park()
                 finally:
                     self._workers_idle -= 1
+                    if self._workers_waking:
+                        self._workers_waking -= 1
                 continue
             _, _, _, state, due, attempt = heapq.heappop(ready)
             state.queued = False
@@ -644,10 +656,18 @@ class Engine:
 
         if outcome is _SUCCESS:
             # Staleness drops only now that the run completed, and counts
-            # from when it started.
-            self._account(state, end)
-            state.account.ref = max(state.account.ref, start)
-            state.last_success_start = state.account.ref
+            # from when it started. (_account, inlined: a paused target's
+            # run does not count.)
+            account = state.account
+            if state.paused:
+                account.skip_to(end)
+            else:
+                observed, within = account.advance(end, task.policy.sla_s)
+                task.observed_s += observed
+                task.within_s += within
+            if start > account.ref:
+                account.ref = start
+            state.last_success_start = account.ref
             state.failures = 0
         else:
             state.failures += 1
