@@ -6,6 +6,7 @@ config error stopped ``run`` or ``demo`` before anything started.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ import click
 import trio
 
 from ._durations import format_duration, parse_duration
-from ._engine import Engine, parse_address
+from ._engine import DEFAULT_METRICS_ADDRESS, Engine, parse_address
 from ._policy import TaskPolicy
 from ._runner import run_until_signalled
 from ._task import Task
@@ -31,7 +32,9 @@ _EXIT_USAGE = 2
 _EXIT_INVALID = 1
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-_DEMO_TARGETS = 50
+# A few thousand targets: enough to show scheduling at scale, few enough for
+# one process and the sandbox to share two cores.
+_DEMO_TARGETS = 3000
 
 
 class _DurationType(click.ParamType[float]):
@@ -80,7 +83,8 @@ def main() -> None:
 @click.option(
     "--metrics-address",
     type=_ADDRESS,
-    help="Serve Prometheus metrics here, overriding the config.",
+    help="Serve Prometheus metrics here, overriding the config "
+    f"(default when neither sets it: {DEFAULT_METRICS_ADDRESS}).",
 )
 @click.option(
     "--log-level",
@@ -144,11 +148,16 @@ def check(config: Path) -> None:
 @click.option(
     "--duration",
     type=_DURATION,
-    default="30s",
-    show_default=True,
-    help="How long to run before stopping.",
+    default=None,
+    help="Stop after this long (default: run until Ctrl-C).",
 )
-@click.option("--metrics-address", type=_ADDRESS, help="Serve metrics here.")
+@click.option(
+    "--metrics-address",
+    type=_ADDRESS,
+    default=DEFAULT_METRICS_ADDRESS,
+    show_default=True,
+    help="Serve Prometheus metrics here.",
+)
 @click.option(
     "--targets",
     type=click.IntRange(min=1),
@@ -156,20 +165,29 @@ def check(config: Path) -> None:
     show_default=True,
     help="How many feeds to keep fresh.",
 )
-def demo(duration: float, metrics_address: str | None, targets: int) -> None:
+def demo(duration: float | None, metrics_address: str, targets: int) -> None:
     """Poll a local sandbox API and show the SLAs holding."""
     # Imported here: the demo pulls in the sandbox, which no other command
     # needs.
     from .demo import run_demo
 
     try:
-        run_demo(duration_s=duration, metrics_address=metrics_address, targets=targets)
+        trio.run(
+            functools.partial(
+                run_demo,
+                duration_s=duration,
+                metrics_address=metrics_address,
+                targets=targets,
+            )
+        )
     except ConfigError as exc:
         _fail(exc, _EXIT_USAGE)
 
 
 def _prepare(path: Path, metrics_address: str | None) -> Engine:
     config = load_config(path)
+    if metrics_address is None and config.engine.metrics_address is None:
+        metrics_address = DEFAULT_METRICS_ADDRESS
     if metrics_address is not None:
         config = attrs.evolve(
             config,
@@ -200,7 +218,7 @@ def _describe(config: Config, engine: Engine) -> str:
         f"workers: {engine.pool_size} "
         f"(between {engine.min_workers} and {engine.max_workers})",
         f"control period {period}, shutdown grace {grace}",
-        f"metrics: {engine.metrics_address or 'not served'}",
+        f"metrics: {engine.metrics_address or DEFAULT_METRICS_ADDRESS + ' (default)'}",
         "",
     ]
 

@@ -41,6 +41,7 @@ CONFIG = """
 app = "{module}:engine"
 workers = 3
 max_workers = 8
+metrics_address = "127.0.0.1:0"
 
 [tasks.feed]
 priority = 2
@@ -90,7 +91,7 @@ def test_check_prints_what_would_run(config: Path) -> None:
     lines = result.stdout.splitlines()
     assert f"config:  {config}" in lines
     assert "workers: 3 (between 1 and 8)" in lines
-    assert "metrics: not served" in lines
+    assert "metrics: 127.0.0.1:0" in lines
     header = lines.index(
         "task    sla  interval  priority  limits  timeout   retries  overlap  targets"
     )
@@ -230,7 +231,11 @@ def demo_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
     """Stand in for slapoll.demo and record how run_demo is called."""
     calls: list[dict[str, object]] = []
     fake = types.ModuleType("slapoll.demo")
-    fake.run_demo = lambda **kwargs: calls.append(kwargs)  # type: ignore[attr-defined]
+
+    async def run_demo(**kwargs: object) -> None:
+        calls.append(kwargs)
+
+    fake.run_demo = run_demo  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "slapoll.demo", fake)
     return calls
 
@@ -258,7 +263,9 @@ def test_demo_defaults(demo_calls: list[dict[str, object]]) -> None:
     result = invoke("demo")
 
     assert result.exit_code == 0, result.output
-    assert demo_calls == [{"duration_s": 30.0, "metrics_address": None, "targets": 50}]
+    assert demo_calls == [
+        {"duration_s": None, "metrics_address": "127.0.0.1:9464", "targets": 3000}
+    ]
 
 
 def test_demo_rejects_a_bad_duration(demo_calls: list[dict[str, object]]) -> None:

@@ -1,0 +1,197 @@
+"""The demo's terminal view, rendered from hand-built snapshots."""
+
+from __future__ import annotations
+
+import io
+import re
+import types
+
+from rich.console import Console, RenderableType
+
+from slapoll._stats import EngineStatistics, TaskStatistics
+from slapoll._view import render
+from slapoll.sandbox import SandboxStatistics
+
+WIDTH = 120
+RED, GREEN, RESET = re.escape("\x1b[31m"), re.escape("\x1b[32m"), re.escape("\x1b[0m")
+
+
+def task_stats(name: str = "feed", **changes: object) -> TaskStatistics:
+    fields: dict[str, object] = {
+        "name": name,
+        "sla_s": 30.0,
+        "interval_s": 27.5,
+        "priority": 1,
+        "targets": 1000,
+        "paused": 0,
+        "violating": 0,
+        "worst_staleness_s": 28.25,
+        "staleness_p90_s": 20.0,
+        "lag_mean_s": 0.01,
+        "lag_p99_s": 0.25,
+        "duration_mean_s": 0.1,
+        "duration_p99_s": 0.9,
+        "runs": {"success": 812, "error": 3, "timeout": 2, "skipped": 1},
+        "missed": 0,
+        "observed_s": 1000.0,
+        "within_sla_s": 1000.0,
+    }
+    fields.update(changes)
+    return TaskStatistics(**fields)  # type: ignore[arg-type]
+
+
+def engine_stats(*tasks: TaskStatistics) -> EngineStatistics:
+    return EngineStatistics(
+        now_s=42.0,
+        pool_size=64,
+        busy_workers=12,
+        ready=3,
+        tasks={task.name: task for task in tasks},
+        clock_jumps=0,
+    )
+
+
+SANDBOX = SandboxStatistics(
+    port=1234,
+    requests=5000,
+    by_status=types.MappingProxyType({200: 4000, 304: 900, 429: 100}),
+    too_many=100,
+    not_modified=900,
+)
+
+
+def text_of(renderable: RenderableType, *, color: bool = False) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=WIDTH, color_system="standard" if color else None)
+    console.print(renderable)
+    return out.getvalue()
+
+
+def row_of(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if f" {name} " in line)
+
+
+def test_row_shows_each_column_of_a_task() -> None:
+    """A task's row carries targets, SLA, interval, attainment and the rest."""
+    stats = engine_stats(task_stats("feed", within_sla_s=995.0))
+
+    row = row_of(text_of(render(stats, requests_per_s=0.0, sandbox=None)), "feed")
+
+    cells = [cell.strip() for cell in row.strip("│ \n").split("│")]
+    assert cells == [
+        "feed",
+        "1000",
+        "30s",
+        "27.5s",
+        "99.50%",
+        "0",
+        "28.2s",
+        "250ms",
+        "812/3/2",
+    ]
+
+
+def test_footer_shows_workers_rate_and_sandbox_counts() -> None:
+    """Below the table: busy/total workers, request rate, 429s and 304s."""
+    text = text_of(
+        render(engine_stats(task_stats()), requests_per_s=153.25, sandbox=SANDBOX)
+    )
+
+    footer = text.strip().splitlines()[-1]
+    assert "workers 12/64 busy" in footer
+    assert "153.2 req/s" in footer
+    assert "429s 100" in footer
+    assert "304s 900" in footer
+
+
+def test_footer_starts_with_elapsed_time_when_given() -> None:
+    """The caller's running time, when it passes one, opens the footer."""
+    stats = engine_stats(task_stats())
+
+    text = text_of(render(stats, requests_per_s=0.0, sandbox=None, elapsed_s=19.96))
+
+    assert text.strip().splitlines()[-1].startswith("up 20.0s")
+    assert "up " not in text_of(render(stats, requests_per_s=0.0, sandbox=None))
+
+
+def test_footer_without_sandbox_leaves_its_counts_out() -> None:
+    """With no sandbox statistics the view shows only what the engine knows."""
+    text = text_of(render(engine_stats(task_stats()), requests_per_s=1.0, sandbox=None))
+
+    assert "429s" not in text
+    assert "workers 12/64 busy" in text
+
+
+def test_tasks_are_listed_by_priority_then_name() -> None:
+    """The most important task comes first, so it is read first."""
+    stats = engine_stats(
+        task_stats("slow", priority=1),
+        task_stats("fast", priority=3),
+        task_stats("also-slow", priority=1),
+    )
+
+    text = text_of(render(stats, requests_per_s=0.0, sandbox=None))
+
+    positions = [text.index(f" {name} ") for name in ("fast", "also-slow", "slow")]
+    assert positions == sorted(positions)
+
+
+def test_nothing_observed_reads_as_full_attainment() -> None:
+    """Before any time was observed, attainment shows 100%, not an error."""
+    stats = engine_stats(task_stats(observed_s=0.0, within_sla_s=0.0))
+
+    text = text_of(render(stats, requests_per_s=0.0, sandbox=None))
+
+    assert "100.00%" in text
+
+
+def test_paused_targets_and_missing_outcomes_are_shown() -> None:
+    """Paused targets are noted; outcomes never seen count as 0."""
+    stats = engine_stats(task_stats(paused=7, runs={}))
+
+    row = row_of(text_of(render(stats, requests_per_s=0.0, sandbox=None)), "feed")
+
+    assert "1000 (7 paused)" in row
+    assert "0/0/0" in row
+
+
+def test_violations_are_coloured_red() -> None:
+    """Violating targets, staleness past the SLA and low attainment are red."""
+    stats = engine_stats(
+        task_stats(
+            violating=4, worst_staleness_s=41.0, within_sla_s=900.0, observed_s=1000.0
+        )
+    )
+
+    output = text_of(render(stats, requests_per_s=0.0, sandbox=None), color=True)
+
+    for cell in ("4", "41s", "90.00%"):
+        assert re.search(rf"{RED}\s*{re.escape(cell)}{RESET}", output), cell
+
+
+def test_a_task_keeping_its_sla_is_not_red() -> None:
+    """Full attainment is green and nothing in the row is red."""
+    output = text_of(
+        render(engine_stats(task_stats()), requests_per_s=0.0, sandbox=None),
+        color=True,
+    )
+
+    assert re.search(rf"{GREEN}\s*100.00%{RESET}", output)
+    assert RED not in output
+
+
+def test_task_names_are_not_read_as_markup() -> None:
+    """A name with brackets is printed as written, not as a style."""
+    stats = engine_stats(task_stats("[bold]feed"))
+
+    text = text_of(render(stats, requests_per_s=0.0, sandbox=None))
+
+    assert "[bold]feed" in text
+
+
+def test_an_engine_without_tasks_renders() -> None:
+    """An empty engine shows an empty table and its footer."""
+    text = text_of(render(engine_stats(), requests_per_s=0.0, sandbox=None))
+
+    assert "no tasks" in text
+    assert "workers 12/64 busy" in text
