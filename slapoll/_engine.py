@@ -1,37 +1,33 @@
-"""The engine: schedule, worker pool and measurement, on the trio clock.
+"""The engine: declared tasks and targets, their store, their statistics.
 
-One scheduler task moves targets from a timer heap (ordered by due time)
-into a ready heap (ordered by SLA deadline, then priority) and wakes a
-worker; workers take the most urgent ready target and run it under its
-timeout. A control task refreshes the statistics and the metrics once per
-control period. Time comes from ``trio.current_time()`` only; the wall clock
-is read to place phases on a grid that survives restarts and to notice when
-it jumps.
+``Engine`` is the public face: it holds the tasks, writes targets through
+the store, places each target's first due time on its phase, hands the
+rest to the ``Dispatcher`` (timers, ready queue, workers) and, once per
+control period, refreshes the statistics the metrics and the CLI read.
+Time comes from ``trio.current_time()``; the wall clock is read to place
+phases on a grid that survives restarts and to notice when it jumps.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import heapq
-import itertools
 import logging
-import math
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
 
+from ._dispatch import Dispatcher
 from ._durations import Duration, parse_duration
 from ._measure import SlaAccount, quantile
-from ._policy import Outcome, TaskPolicy
-from ._schedule import catch_up, first_due, hash_fraction, spread_fractions
+from ._policy import TaskPolicy
+from ._schedule import first_due, hash_fraction, spread_fractions
 from ._stats import EngineStatistics, TargetStatistics, TaskStatistics
 from ._store import MemoryStore, Store, TargetRecord
-from ._task import DEFAULT_TARGET_KEY, RunContext, TargetState, Task, TaskFunction
+from ._task import DEFAULT_TARGET_KEY, TargetState, Task, TaskFunction
 from .errors import ConfigError, UsageError
 from .metrics import EngineMetrics
 
@@ -48,18 +44,6 @@ STALENESS_QUANTILE = 0.9
 # under a millisecond of work, so no run waits on the sweep for longer.
 STATISTICS_SLICE = 500
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
-
-# Outcome values, as plain strings: the run path counts by them.
-_SUCCESS = Outcome.SUCCESS.value
-_ERROR = Outcome.ERROR.value
-_TIMEOUT = Outcome.TIMEOUT.value
-_SKIPPED = Outcome.SKIPPED.value
-_CANCELLED = Outcome.CANCELLED.value
-
-# Timer heap entry: (due, seq, target, generation, attempt).
-_Timer = tuple[float, int, TargetState, int, int]
-# Ready heap entry: (SLA deadline, -priority, seq, target, due, attempt).
-_Ready = tuple[float, int, int, TargetState, float, int]
 
 
 class Engine:
@@ -95,9 +79,7 @@ class Engine:
         self.metrics = EngineMetrics(self.registry, lambda: self.tasks)
         self.store: Store = MemoryStore() if store is None else store
         self._wall_clock = wall_clock
-        self.min_workers = 1
-        self.max_workers = 1024
-        self.pool_size = 1
+        self._dispatch = Dispatcher(pool_size=1, min_workers=1, max_workers=1024)
         self.control_period_s = 1.0
         self.shutdown_grace_s = 10.0
         self.metrics_address: str | None = None
@@ -114,20 +96,6 @@ class Engine:
         )
 
         self.running = False
-        self._stopping = False
-        self._seq = itertools.count()
-        self._timers: list[_Timer] = []
-        self._ready: list[_Ready] = []
-        self._scheduler_lot = trio.lowlevel.ParkingLot()
-        self._scheduler_wake_at = math.inf
-        # Deadlines of runs in flight, a FIFO per timeout (see _expire_runs).
-        self._run_deadlines: dict[float, deque[tuple[float, int, _WorkerSlot]]] = {}
-        self._worker_lot = trio.lowlevel.ParkingLot()
-        self._workers_alive = 0
-        self._workers_idle = 0
-        # Workers unparked for ready work that have not yet taken it.
-        self._workers_waking = 0
-        self._worker_nursery: trio.Nursery | None = None
         self._store_ops: list[tuple[str, Any]] = []
         self._store_lot = trio.lowlevel.ParkingLot()
         self._stop_event: trio.Event | None = None
@@ -136,8 +104,29 @@ class Engine:
         self._origin = 0.0
         self._clock_jumps = 0
         self._last_now = 0.0
-        # trio.current_time without the indirection; set when the run starts.
-        self._clock: Callable[[], float] = trio.current_time
+
+    @property
+    def pool_size(self) -> int:
+        """Workers in the pool (the target size while running)."""
+        return self._dispatch.pool_size
+
+    @property
+    def min_workers(self) -> int:
+        """The least the pool may shrink to."""
+        return self._dispatch.min_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most the pool may grow to."""
+        return self._dispatch.max_workers
+
+    def set_pool_size(self, size: int) -> int:
+        """Resize the worker pool within its bounds; return the new size.
+
+        Growing starts workers at once; shrinking lets busy workers finish
+        their run before they leave.
+        """
+        return self._dispatch.set_pool_size(size)
 
     # -- declaring -----------------------------------------------------------
 
@@ -166,8 +155,9 @@ class Engine:
             value = knobs.get(name, 1)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
-        low = knobs.get("min_workers", self.min_workers)
-        high = knobs.get("max_workers", self.max_workers)
+        pool = self._dispatch
+        low = knobs.get("min_workers", pool.min_workers)
+        high = knobs.get("max_workers", pool.max_workers)
         if low > high:
             raise ConfigError(
                 f"min_workers ({low!r}) must not exceed max_workers ({high!r})"
@@ -178,10 +168,9 @@ class Engine:
                 f"workers ({workers!r}) must lie between min_workers ({low!r}) "
                 f"and max_workers ({high!r})"
             )
-        self.min_workers, self.max_workers = low, high
-        self.pool_size = min(
-            max(self.pool_size if workers is None else workers, low), high
-        )
+        pool.min_workers, pool.max_workers = low, high
+        size = pool.pool_size if workers is None else workers
+        pool.pool_size = min(max(size, low), high)
         if "control_period" in knobs:
             period = parse_duration(knobs["control_period"], name="control_period")
             if period <= 0:
@@ -251,9 +240,8 @@ class Engine:
         if self.running:
             raise UsageError("this engine is already running")
         self.running = True
-        self._stopping = False
         self._stop_event = trio.Event()
-        self._clock = trio.lowlevel.current_clock().current_time
+        self._dispatch.start()
         server = None
         try:
             await self._load_store()
@@ -267,14 +255,14 @@ class Engine:
                 self.pool_size,
             )
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._schedule_loop)
+                nursery.start_soon(self._dispatch.schedule_loop)
                 nursery.start_soon(self._control_loop)
                 nursery.start_soon(self._store_loop)
                 work_done = trio.Event()
                 work_scope = trio.CancelScope()
-                nursery.start_soon(self._run_workers, work_scope, work_done)
+                nursery.start_soon(self._dispatch.run_workers, work_scope, work_done)
                 await self._stop_event.wait()
-                await self._drain(work_scope, work_done)
+                await self._dispatch.drain(self.shutdown_grace_s, work_scope, work_done)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -294,42 +282,14 @@ class Engine:
         """
         if not self.running or self._stop_event is None:
             return
-        if not self._stopping:
+        if not self._dispatch.stopping:
             logger.info(
                 "engine stopping: %d runs in flight, grace %.1fs",
-                self._workers_alive - self._workers_idle,
+                self._dispatch.busy_workers,
                 self.shutdown_grace_s,
             )
-        self._stopping = True
-        self._worker_lot.unpark_all()
+        self._dispatch.stop()
         self._stop_event.set()
-
-    def set_pool_size(self, size: int) -> int:
-        """Resize the worker pool within its bounds; return the new size.
-
-        Growing starts workers at once; shrinking lets busy workers finish
-        their run before they leave.
-        """
-        self.pool_size = min(max(size, self.min_workers), self.max_workers)
-        if self._worker_nursery is not None:
-            for _ in range(self.pool_size - self._workers_alive):
-                self._workers_alive += 1
-                self._worker_nursery.start_soon(self._worker)
-            if self._workers_alive > self.pool_size:
-                self._worker_lot.unpark_all()
-        return self.pool_size
-
-    async def _drain(self, work_scope: trio.CancelScope, done: trio.Event) -> None:
-        with trio.move_on_after(self.shutdown_grace_s):
-            await done.wait()
-        if not done.is_set():
-            logger.warning(
-                "cancelling %d runs still in flight after the %.1fs grace",
-                self._workers_alive - self._workers_idle,
-                self.shutdown_grace_s,
-            )
-            work_scope.cancel()
-            await done.wait()
 
     def _serve_metrics(self, address: str) -> Any:
         host, port = parse_address(address)
@@ -452,242 +412,7 @@ class Engine:
             phase = state.phase
         due = first_due(now, interval, phase, self._origin)
         state.next_due = due
-        self._push_timer(due, state, 0)
-
-    def _push_timer(self, due: float, state: TargetState, attempt: int) -> None:
-        heapq.heappush(
-            self._timers, (due, next(self._seq), state, state.generation, attempt)
-        )
-        if due < self._scheduler_wake_at:
-            self._scheduler_lot.unpark_all()
-
-    async def _schedule_loop(self) -> None:
-        timers = self._timers
-        clock = trio.lowlevel.current_clock().current_time
-        while True:
-            now = clock()
-            while timers and timers[0][0] <= now and not self._stopping:
-                self._fire(heapq.heappop(timers), now)
-            next_deadline = self._expire_runs(now)
-            next_timer = timers[0][0] if timers and not self._stopping else math.inf
-            self._scheduler_wake_at = min(next_timer, next_deadline)
-            with trio.move_on_at(self._scheduler_wake_at):
-                await self._scheduler_lot.park()
-
-    def _expire_runs(self, now: float) -> float:
-        """Cancel the runs past their deadline; return the next deadline.
-
-        Run timeouts are watched here rather than by a cancel scope per run:
-        appending to a queue costs far less than moving a scope's deadline.
-        Runs of one timeout end their deadlines in the order they started,
-        so each timeout has a FIFO queue, and entries of runs that already
-        ended are dropped from its head without waking anyone.
-        """
-        next_deadline = math.inf
-        for queue in self._run_deadlines.values():
-            while queue:
-                deadline, run_id, slot = queue[0]
-                if slot.run_id != run_id:
-                    queue.popleft()  # that run has ended
-                elif deadline <= now:
-                    queue.popleft()
-                    slot.scope.cancel()
-                else:
-                    next_deadline = min(next_deadline, deadline)
-                    break
-        return next_deadline
-
-    def _fire(self, timer: _Timer, now: float) -> None:
-        due, _, state, generation, attempt = timer
-        if generation != state.generation or state.removed or state.paused:
-            return
-        task = state.task
-        if attempt == 0:
-            # The next due time follows from this one, never from when a run
-            # ends. After a gap (a suspended process, an overload) the due
-            # times that all passed collapse into the latest.
-            interval = task.interval_s
-            if now >= due + interval:
-                due, passed = catch_up(due, now, interval)
-                task.missed += passed
-            state.next_due = next_due = due + interval
-            # The scheduler itself is running: no need to wake it.
-            heapq.heappush(
-                self._timers, (next_due, next(self._seq), state, generation, 0)
-            )
-        elif state.failures == 0:
-            return  # a scheduled run succeeded meanwhile: the retry is moot
-        self._request_run(state, due, attempt, now)
-
-    def _request_run(
-        self, state: TargetState, due: float, attempt: int, now: float
-    ) -> None:
-        task = state.task
-        if state.queued:
-            task.missed += 1  # already waiting for a worker: one run serves both
-            return
-        if state.deadlines:
-            active = state.active_runs(now)
-            policy = task.policy
-            if active == 0 or policy.overlap == "queue_one":
-                # Either the run in flight is past its deadline and being
-                # cancelled, or the policy says to queue: start when it ends.
-                if state.pending is None:
-                    state.pending = (due, attempt)
-                else:
-                    self._count_skip(task, state)
-                return
-            if policy.overlap != "allow" or active >= policy.max_concurrent:
-                self._count_skip(task, state)
-                return
-
-        state.queued = True
-        policy = task.policy
-        sla_deadline = state.account.ref + policy.sla_s  # state.sla_deadline()
-        entry = (sla_deadline, -policy.priority, next(self._seq), state, due, attempt)
-        heapq.heappush(self._ready, entry)
-        # Wake a worker only for work no woken worker is already coming for:
-        # a worker woken for nothing costs two task switches.
-        if self._workers_waking < min(len(self._ready), self._workers_idle):
-            self._workers_waking += 1
-            self._worker_lot.unpark()
-
-    def _count_skip(self, task: Task, state: TargetState) -> None:
-        task.runs[_SKIPPED] += 1
-        logger.debug("%s[%s]: due time skipped, still running", task.name, state.key)
-
-    # -- the pool ------------------------------------------------------------
-
-    async def _run_workers(self, scope: trio.CancelScope, done: trio.Event) -> None:
-        try:
-            with scope:
-                async with trio.open_nursery() as nursery:
-                    self._worker_nursery = nursery
-                    self.set_pool_size(self.pool_size)
-        finally:
-            self._worker_nursery = None
-            done.set()
-
-    async def _worker(self) -> None:
-        slot = _WorkerSlot()
-        try:
-            while self._may_work():
-                # The scope is cancelled when a run passes its deadline; the
-                # worker then goes on under a fresh one.
-                with trio.CancelScope() as slot.scope:
-                    await self._work(slot)
-        finally:
-            self._workers_alive -= 1
-
-    def _may_work(self) -> bool:
-        return not self._stopping and self._workers_alive <= self.pool_size
-
-    async def _work(self, slot: _WorkerSlot) -> None:
-        ready = self._ready
-        # The loop condition is _may_work(), inlined on this hot path.
-        while not self._stopping and self._workers_alive <= self.pool_size:
-            if not ready:
-                self._workers_idle += 1
-                try:
-                    await self._worker_lot.park()
-                finally:
-                    self._workers_idle -= 1
-                    if self._workers_waking:
-                        self._workers_waking -= 1
-                continue
-            _, _, _, state, due, attempt = heapq.heappop(ready)
-            state.queued = False
-            if not state.removed and not state.paused:
-                await self._execute(state, due, attempt, slot)
-
-    async def _execute(
-        self, state: TargetState, due: float, attempt: int, slot: _WorkerSlot
-    ) -> None:
-        task = state.task
-        start = self._clock()
-        timeout = task.policy.effective_timeout_s
-        deadline = start + timeout
-        state.deadlines.append(deadline)
-        slot.run_id = run_id = next(self._seq)
-        queue = self._run_deadlines.get(timeout)
-        if queue is None:
-            queue = self._run_deadlines[timeout] = deque()
-        queue.append((deadline, run_id, slot))
-        if deadline < self._scheduler_wake_at:
-            self._scheduler_lot.unpark_all()
-        ctx = RunContext(task.name, state.key, due, attempt, deadline)
-        outcome = _ERROR
-        try:
-            await task.fn(ctx, **state.args)
-            outcome = _SUCCESS
-        except trio.Cancelled:
-            # Only the watchdog cancels the worker's scope: a timeout. Any
-            # other cancellation is the engine shutting down.
-            timed_out = slot.scope.cancel_called
-            outcome = _TIMEOUT if timed_out else _CANCELLED
-            raise
-        except Exception as exc:
-            # The message is the task's own; arguments are not logged.
-            logger.debug(
-                "%s[%s]: run failed: %s", task.name, state.key, type(exc).__name__
-            )
-        finally:
-            slot.run_id = -1
-            state.deadlines.remove(deadline)
-            self._finish(state, due, attempt, start, outcome)
-
-    def _finish(
-        self,
-        state: TargetState,
-        due: float,
-        attempt: int,
-        start: float,
-        outcome: str,
-    ) -> None:
-        task = state.task
-        end = self._clock()
-        lag, duration = start - due, end - start
-        task.lag.add(lag)
-        task.duration.add(duration)
-        task.lag_buckets.observe(lag)
-        task.duration_buckets.observe(duration)
-        task.runs[outcome] += 1
-        state.runs += 1
-
-        if outcome is _SUCCESS:
-            # Staleness drops only now that the run completed, and counts
-            # from when it started. (_account, inlined: a paused target's
-            # run does not count.)
-            account = state.account
-            if state.paused:
-                account.skip_to(end)
-            else:
-                observed, within = account.advance(end, task.policy.sla_s)
-                task.observed_s += observed
-                task.within_s += within
-            if start > account.ref:
-                account.ref = start
-            state.last_success_start = account.ref
-            state.failures = 0
-        else:
-            state.failures += 1
-            if outcome is not _CANCELLED:
-                self._maybe_retry(state, attempt, end)
-
-        pending, state.pending = state.pending, None
-        if pending is not None and not self._stopping and not state.removed:
-            self._request_run(state, pending[0], pending[1], end)
-
-    def _maybe_retry(self, state: TargetState, attempt: int, now: float) -> None:
-        policy = state.task.policy
-        if attempt >= policy.retries or self._stopping:
-            return
-        retry_at = now + policy.retry_backoff_s * 2**attempt
-        # A retry must finish inside the SLA or, once that is lost, before
-        # the next scheduled run: later it would only duplicate that run.
-        limit = max(state.sla_deadline(), state.next_due or 0.0)
-        if retry_at + state.task.duration.mean() <= limit:
-            self._push_timer(retry_at, state, attempt + 1)
+        self._dispatch.push_timer(due, state, 0)
 
     # -- measurement ---------------------------------------------------------
 
@@ -748,9 +473,9 @@ class Engine:
     def _engine_statistics(self, tasks: dict[str, TaskStatistics]) -> EngineStatistics:
         return EngineStatistics(
             now_s=self._now(),
-            pool_size=self.pool_size,
-            busy_workers=max(0, self._workers_alive - self._workers_idle),
-            ready=len(self._ready),
+            pool_size=self._dispatch.pool_size,
+            busy_workers=self._dispatch.busy_workers,
+            ready=self._dispatch.ready_count,
             tasks=tasks,
             clock_jumps=self._clock_jumps,
         )
@@ -828,16 +553,6 @@ class Engine:
             runs=state.runs,
             failures_in_a_row=state.failures,
         )
-
-
-class _WorkerSlot:
-    """A worker's cancel scope and the id of the run it holds (-1: none)."""
-
-    __slots__ = ("run_id", "scope")
-
-    def __init__(self) -> None:
-        self.run_id = -1
-        self.scope = trio.CancelScope()
 
 
 def _count_at_most(sorted_values: list[float], bound: float) -> int:

@@ -1,0 +1,364 @@
+"""Dispatch: due targets to workers, on the trio clock.
+
+One scheduler task moves targets from a timer heap (ordered by due time)
+into a ready heap (ordered by SLA deadline, then priority) and wakes a
+worker; workers take the most urgent ready target and run it. The same
+scheduler task watches run deadlines and cancels runs that pass theirs.
+What a run measured (lag, duration, outcome, freshness) is recorded on its
+task and target as it ends.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from ._policy import Outcome
+from ._schedule import catch_up
+from ._task import RunContext, TargetState, Task
+
+__all__ = ["Dispatcher"]
+
+logger = logging.getLogger("slapoll.engine")
+
+# Outcome values, as plain strings: the run path counts by them.
+_SUCCESS = Outcome.SUCCESS.value
+_ERROR = Outcome.ERROR.value
+_TIMEOUT = Outcome.TIMEOUT.value
+_SKIPPED = Outcome.SKIPPED.value
+_CANCELLED = Outcome.CANCELLED.value
+
+# Timer heap entry: (due, seq, target, generation, attempt).
+_Timer = tuple[float, int, TargetState, int, int]
+# Ready heap entry: (SLA deadline, -priority, seq, target, due, attempt).
+_Ready = tuple[float, int, int, TargetState, float, int]
+
+
+class Dispatcher:
+    """The timer heap, the ready heap and the worker pool of one engine.
+
+    The engine declares targets and reads statistics; the dispatcher decides
+    when each run starts and records what it measured. All of it runs on
+    the trio clock read through *clock*, set by ``start``.
+    """
+
+    def __init__(self, pool_size: int, min_workers: int, max_workers: int) -> None:
+        self.pool_size = pool_size
+        self.min_workers = min_workers
+        self.max_workers = max_workers
+        self.stopping = False
+        self.clock: Callable[[], float] = trio.current_time
+        self._seq = itertools.count()
+        self._timers: list[_Timer] = []
+        self._ready: list[_Ready] = []
+        self._scheduler_lot = trio.lowlevel.ParkingLot()
+        self._scheduler_wake_at = math.inf
+        # Deadlines of runs in flight, a FIFO per timeout (see _expire_runs).
+        self._run_deadlines: dict[float, deque[tuple[float, int, _WorkerSlot]]] = {}
+        self._worker_lot = trio.lowlevel.ParkingLot()
+        self._workers_alive = 0
+        self._workers_idle = 0
+        # Workers unparked for ready work that have not yet taken it.
+        self._workers_waking = 0
+        self._worker_nursery: trio.Nursery | None = None
+
+    def start(self) -> None:
+        """Prepare for a run of the engine (call inside trio)."""
+        self.stopping = False
+        self.clock = trio.lowlevel.current_clock().current_time
+
+    def stop(self) -> None:
+        """Start nothing new; idle workers leave."""
+        self.stopping = True
+        self._worker_lot.unpark_all()
+        self._scheduler_lot.unpark_all()
+
+    @property
+    def busy_workers(self) -> int:
+        """Workers running a run now."""
+        return max(0, self._workers_alive - self._workers_idle)
+
+    @property
+    def ready_count(self) -> int:
+        """Runs that are due and wait for a worker."""
+        return len(self._ready)
+
+    def set_pool_size(self, size: int) -> int:
+        """Resize the worker pool within its bounds; return the new size.
+
+        Growing starts workers at once; shrinking lets busy workers finish
+        their run before they leave.
+        """
+        self.pool_size = min(max(size, self.min_workers), self.max_workers)
+        if self._worker_nursery is not None:
+            for _ in range(self.pool_size - self._workers_alive):
+                self._workers_alive += 1
+                self._worker_nursery.start_soon(self._worker)
+            if self._workers_alive > self.pool_size:
+                self._worker_lot.unpark_all()
+        return self.pool_size
+
+    async def drain(
+        self, grace_s: float, work_scope: trio.CancelScope, done: trio.Event
+    ) -> None:
+        with trio.move_on_after(grace_s):
+            await done.wait()
+        if not done.is_set():
+            logger.warning(
+                "cancelling %d runs still in flight after the %.1fs grace",
+                self._workers_alive - self._workers_idle,
+                grace_s,
+            )
+            work_scope.cancel()
+            await done.wait()
+
+    def push_timer(self, due: float, state: TargetState, attempt: int) -> None:
+        heapq.heappush(
+            self._timers, (due, next(self._seq), state, state.generation, attempt)
+        )
+        if due < self._scheduler_wake_at:
+            self._scheduler_lot.unpark_all()
+
+    async def schedule_loop(self) -> None:
+        timers = self._timers
+        clock = trio.lowlevel.current_clock().current_time
+        while True:
+            now = clock()
+            while timers and timers[0][0] <= now and not self.stopping:
+                self._fire(heapq.heappop(timers), now)
+            next_deadline = self._expire_runs(now)
+            next_timer = timers[0][0] if timers and not self.stopping else math.inf
+            self._scheduler_wake_at = min(next_timer, next_deadline)
+            with trio.move_on_at(self._scheduler_wake_at):
+                await self._scheduler_lot.park()
+
+    def _expire_runs(self, now: float) -> float:
+        """Cancel the runs past their deadline; return the next deadline.
+
+        Run timeouts are watched here rather than by a cancel scope per run:
+        appending to a queue costs far less than moving a scope's deadline.
+        Runs of one timeout end their deadlines in the order they started,
+        so each timeout has a FIFO queue, and entries of runs that already
+        ended are dropped from its head without waking anyone.
+        """
+        next_deadline = math.inf
+        for queue in self._run_deadlines.values():
+            while queue:
+                deadline, run_id, slot = queue[0]
+                if slot.run_id != run_id:
+                    queue.popleft()  # that run has ended
+                elif deadline <= now:
+                    queue.popleft()
+                    slot.scope.cancel()
+                else:
+                    next_deadline = min(next_deadline, deadline)
+                    break
+        return next_deadline
+
+    def _fire(self, timer: _Timer, now: float) -> None:
+        due, _, state, generation, attempt = timer
+        if generation != state.generation or state.removed or state.paused:
+            return
+        task = state.task
+        if attempt == 0:
+            # The next due time follows from this one, never from when a run
+            # ends. After a gap (a suspended process, an overload) the due
+            # times that all passed collapse into the latest.
+            interval = task.interval_s
+            if now >= due + interval:
+                due, passed = catch_up(due, now, interval)
+                task.missed += passed
+            state.next_due = next_due = due + interval
+            # The scheduler itself is running: no need to wake it.
+            heapq.heappush(
+                self._timers, (next_due, next(self._seq), state, generation, 0)
+            )
+        elif state.failures == 0:
+            return  # a scheduled run succeeded meanwhile: the retry is moot
+        self._request_run(state, due, attempt, now)
+
+    def _request_run(
+        self, state: TargetState, due: float, attempt: int, now: float
+    ) -> None:
+        task = state.task
+        if state.queued:
+            task.missed += 1  # already waiting for a worker: one run serves both
+            return
+        if state.deadlines:
+            active = state.active_runs(now)
+            policy = task.policy
+            if active == 0 or policy.overlap == "queue_one":
+                # Either the run in flight is past its deadline and being
+                # cancelled, or the policy says to queue: start when it ends.
+                if state.pending is None:
+                    state.pending = (due, attempt)
+                else:
+                    self._count_skip(task, state)
+                return
+            if policy.overlap != "allow" or active >= policy.max_concurrent:
+                self._count_skip(task, state)
+                return
+
+        state.queued = True
+        policy = task.policy
+        sla_deadline = state.account.ref + policy.sla_s  # state.sla_deadline()
+        entry = (sla_deadline, -policy.priority, next(self._seq), state, due, attempt)
+        heapq.heappush(self._ready, entry)
+        # Wake a worker only for work no woken worker is already coming for:
+        # a worker woken for nothing costs two task switches.
+        if self._workers_waking < min(len(self._ready), self._workers_idle):
+            self._workers_waking += 1
+            self._worker_lot.unpark()
+
+    def _count_skip(self, task: Task, state: TargetState) -> None:
+        task.runs[_SKIPPED] += 1
+        logger.debug("%s[%s]: due time skipped, still running", task.name, state.key)
+
+    # -- the pool ------------------------------------------------------------
+
+    async def run_workers(self, scope: trio.CancelScope, done: trio.Event) -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    self._worker_nursery = nursery
+                    self.set_pool_size(self.pool_size)
+        finally:
+            self._worker_nursery = None
+            done.set()
+
+    async def _worker(self) -> None:
+        slot = _WorkerSlot()
+        try:
+            while self._may_work():
+                # The scope is cancelled when a run passes its deadline; the
+                # worker then goes on under a fresh one.
+                with trio.CancelScope() as slot.scope:
+                    await self._work(slot)
+        finally:
+            self._workers_alive -= 1
+
+    def _may_work(self) -> bool:
+        return not self.stopping and self._workers_alive <= self.pool_size
+
+    async def _work(self, slot: _WorkerSlot) -> None:
+        ready = self._ready
+        # The loop condition is _may_work(), inlined on this hot path.
+        while not self.stopping and self._workers_alive <= self.pool_size:
+            if not ready:
+                self._workers_idle += 1
+                try:
+                    await self._worker_lot.park()
+                finally:
+                    self._workers_idle -= 1
+                    if self._workers_waking:
+                        self._workers_waking -= 1
+                continue
+            _, _, _, state, due, attempt = heapq.heappop(ready)
+            state.queued = False
+            if not state.removed and not state.paused:
+                await self._execute(state, due, attempt, slot)
+
+    async def _execute(
+        self, state: TargetState, due: float, attempt: int, slot: _WorkerSlot
+    ) -> None:
+        task = state.task
+        start = self.clock()
+        timeout = task.policy.effective_timeout_s
+        deadline = start + timeout
+        state.deadlines.append(deadline)
+        slot.run_id = run_id = next(self._seq)
+        queue = self._run_deadlines.get(timeout)
+        if queue is None:
+            queue = self._run_deadlines[timeout] = deque()
+        queue.append((deadline, run_id, slot))
+        if deadline < self._scheduler_wake_at:
+            self._scheduler_lot.unpark_all()
+        ctx = RunContext(task.name, state.key, due, attempt, deadline)
+        outcome = _ERROR
+        try:
+            await task.fn(ctx, **state.args)
+            outcome = _SUCCESS
+        except trio.Cancelled:
+            # Only the watchdog cancels the worker's scope: a timeout. Any
+            # other cancellation is the engine shutting down.
+            timed_out = slot.scope.cancel_called
+            outcome = _TIMEOUT if timed_out else _CANCELLED
+            raise
+        except Exception as exc:
+            # The message is the task's own; arguments are not logged.
+            logger.debug(
+                "%s[%s]: run failed: %s", task.name, state.key, type(exc).__name__
+            )
+        finally:
+            slot.run_id = -1
+            state.deadlines.remove(deadline)
+            self._finish(state, due, attempt, start, outcome)
+
+    def _finish(
+        self,
+        state: TargetState,
+        due: float,
+        attempt: int,
+        start: float,
+        outcome: str,
+    ) -> None:
+        task = state.task
+        end = self.clock()
+        lag, duration = start - due, end - start
+        task.lag.add(lag)
+        task.duration.add(duration)
+        task.lag_buckets.observe(lag)
+        task.duration_buckets.observe(duration)
+        task.runs[outcome] += 1
+        state.runs += 1
+
+        if outcome is _SUCCESS:
+            # Staleness drops only now that the run completed, and counts
+            # from when it started. (_account, inlined: a paused target's
+            # run does not count.)
+            account = state.account
+            if state.paused:
+                account.skip_to(end)
+            else:
+                observed, within = account.advance(end, task.policy.sla_s)
+                task.observed_s += observed
+                task.within_s += within
+            if start > account.ref:
+                account.ref = start
+            state.last_success_start = account.ref
+            state.failures = 0
+        else:
+            state.failures += 1
+            if outcome is not _CANCELLED:
+                self._maybe_retry(state, attempt, end)
+
+        pending, state.pending = state.pending, None
+        if pending is not None and not self.stopping and not state.removed:
+            self._request_run(state, pending[0], pending[1], end)
+
+    def _maybe_retry(self, state: TargetState, attempt: int, now: float) -> None:
+        policy = state.task.policy
+        if attempt >= policy.retries or self.stopping:
+            return
+        retry_at = now + policy.retry_backoff_s * 2**attempt
+        # A retry must finish inside the SLA or, once that is lost, before
+        # the next scheduled run: later it would only duplicate that run.
+        limit = max(state.sla_deadline(), state.next_due or 0.0)
+        if retry_at + state.task.duration.mean() <= limit:
+            self.push_timer(retry_at, state, attempt + 1)
+
+
+class _WorkerSlot:
+    """A worker's cancel scope and the id of the run it holds (-1: none)."""
+
+    __slots__ = ("run_id", "scope")
+
+    def __init__(self) -> None:
+        self.run_id = -1
+        self.scope = trio.CancelScope()
