@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,8 +16,10 @@ import attrs
 import click
 import trio
 
+from ._control import PoolSnapshot, plan
 from ._durations import format_duration, parse_duration
 from ._engine import DEFAULT_METRICS_ADDRESS, Engine, parse_address
+from ._plan_text import DeclaredTask, columns, declared_snapshot, render_plan
 from ._policy import TaskPolicy
 from ._runner import run_until_signalled
 from ._task import Task
@@ -208,8 +210,16 @@ def _fail(error: ConfigError, code: int) -> NoReturn:
 # -- describing what would run ---------------------------------------------
 
 
-def _describe(config: Config, engine: Engine) -> str:
-    """What ``check`` prints: the engine's knobs, then one row per task."""
+def _describe(
+    config: Config,
+    engine: Engine,
+    budgets_rps: Mapping[str, float | None] | None = None,
+) -> str:
+    """What ``check`` prints: the engine's knobs, one row per task, the plan.
+
+    *budgets_rps* are the limit keys' budgets in requests per second; by
+    default those the config declares.
+    """
     grace = format_duration(engine.shutdown_grace_s)
     period = format_duration(engine.control_period_s)
     lines = [
@@ -228,11 +238,41 @@ def _describe(config: Config, engine: Engine) -> str:
         _task_row(task.name, task.policy, _targets(task))
         for task in engine.tasks.values()
     )
-    lines.extend(_columns(rows))
+    lines.extend(columns(rows))
+    lines.append("")
+    if budgets_rps is None:
+        budgets_rps = _declared_budgets(config)
+    lines.extend(_capacity_plan(config, engine, budgets_rps))
     targets = sum(_targets(task) for task in engine.tasks.values())
     lines.append("")
     lines.append(f"ok: {len(engine.tasks)} tasks, {targets} targets declared in code")
     return "\n".join(lines)
+
+
+def _declared_budgets(config: Config) -> dict[str, float | None]:
+    # Budgets from [limits.NAME] tables are not read yet: until the config
+    # declares them, every limit key counts as unlimited in the plan, so a
+    # budget too small for the SLAs goes unreported by `check`.
+    return {}
+
+
+def _capacity_plan(
+    config: Config, engine: Engine, budgets_rps: Mapping[str, float | None]
+) -> list[str]:
+    """The controller's plan for the declared figures, as lines of text."""
+    expected = config.expected_durations()
+    declared = [
+        DeclaredTask(task.name, task.policy, _targets(task), expected.get(task.name))
+        for task in engine.tasks.values()
+    ]
+    pool = PoolSnapshot(
+        min_size=engine.min_workers,
+        max_size=engine.max_workers,
+        size=engine.pool_size,
+    )
+    snapshot = declared_snapshot(declared, budgets_rps=budgets_rps, pool=pool)
+    unknown = [task.name for task in declared if task.expected_duration_s is None]
+    return render_plan(snapshot, plan(snapshot), unknown_durations=unknown)
 
 
 def _targets(task: Task) -> int:
@@ -255,13 +295,3 @@ def _task_row(name: str, policy: TaskPolicy, targets: int) -> tuple[str, ...]:
         policy.overlap,
         str(targets),
     )
-
-
-def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(
-            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-        ).rstrip()
-        for row in rows
-    ]

@@ -29,6 +29,7 @@ The format, every key optional::
     overlap = "skip"
     max_concurrent = 1
     phase = "2s"                  # fixed offset within the interval
+    expected_duration = "800ms"   # one run, for the capacity plan of `check`
 
 A key that is absent leaves the declared value alone; ``0`` is a value
 like any other (``retries = 0`` is kept, ``timeout = 0`` is rejected).
@@ -104,7 +105,9 @@ class EngineConfig:
 class TaskConfig:
     """One ``[tasks.NAME]`` table; ``None`` means "keep what the code declares".
 
-    Durations are in seconds.
+    Durations are in seconds. ``expected_duration_s`` is not a task option:
+    it only feeds the capacity plan ``slapoll check`` prints, before any
+    duration has been measured.
     """
 
     sla_s: Seconds | None = None
@@ -117,10 +120,11 @@ class TaskConfig:
     overlap: str | None = None
     max_concurrent: int | None = None
     phase_s: Seconds | None = None
+    expected_duration_s: Seconds | None = None
 
     def options(self) -> dict[str, object]:
         """The values the file sets, spelled as ``@engine.task`` takes them."""
-        return _set_options(self)
+        return _set_options(self, skip=("expected_duration_s",))
 
 
 @attrs.frozen
@@ -130,6 +134,14 @@ class Config:
     path: Path
     engine: EngineConfig = EngineConfig()
     tasks: Mapping[str, TaskConfig] = attrs.field(factory=dict)
+
+    def expected_durations(self) -> dict[str, float]:
+        """Each task's ``expected_duration`` in seconds, where the file sets one."""
+        return {
+            name: task.expected_duration_s
+            for name, task in self.tasks.items()
+            if task.expected_duration_s is not None
+        }
 
 
 @attrs.frozen

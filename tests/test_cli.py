@@ -284,3 +284,64 @@ def test_demo_rejects_zero_targets(demo_calls: list[dict[str, object]]) -> None:
 
     assert result.exit_code == 2
     assert demo_calls == []
+
+
+# -- check: the capacity plan -------------------------------------------------
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_prints_the_capacity_plan_after_the_table(config: Path) -> None:
+    config.write_text(config.read_text() + 'expected_duration = "100ms"\n')
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index("capacity plan, from the declared figures:")
+    assert start > lines.index("")
+    assert lines[start:] == [
+        "capacity plan, from the declared figures:",
+        "task    targets  duration  interval  sla-safe  sla kept",
+        "feed    2        100ms     50ms      900ms     yes",
+        "digest  1        ?         60s       60s       yes",
+        "",
+        "limit  budget     demand  at sla-safe  fits",
+        "api    unlimited  40/s    2.222/s      yes",
+        "",
+        "workers needed: 5 (between 1 and 8)",
+        "  Little's law: 4 busy on average, 5 with 25% headroom",
+        "desired replicas: 1 (at most 8 workers per process)",
+        "no expected_duration for digest: their runs count as instant;",
+        "  set expected_duration in [tasks.NAME] for a truer plan",
+        "plan: every SLA can be kept",
+        "",
+        "ok: 2 tasks, 3 targets declared in code",
+    ]
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_reports_a_budget_too_small_for_the_slas(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At its 900 ms safe bound feed's 2 targets draw 2.222/s; 2/s is short
+    # by 0.2222/s, 13.33 a minute.
+    monkeypatch.setattr("slapoll.cli._declared_budgets", lambda _: {"api": 2.0})
+    config.write_text(config.read_text() + 'expected_duration = "100ms"\n')
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "feed    2        100ms     1s        900ms     no: over budget" in lines
+    assert "api    2/s     2/s     2.222/s      no: 13.33/m short" in lines
+    assert "plan: SLA at risk for feed (api short by 13.33/m)" in lines
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_rejects_a_bad_expected_duration(config: Path) -> None:
+    config.write_text(config.read_text() + 'expected_duration = "soon"\n')
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 1
+    assert "tasks.feed.expected_duration must be a duration" in result.stderr

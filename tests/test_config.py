@@ -159,7 +159,33 @@ def test_task_config_has_every_decorator_option() -> None:
     declared = {f.name.removesuffix("_s") for f in attrs.fields(TaskPolicy)}
     configurable = {f.name.removesuffix("_s") for f in attrs.fields(TaskConfig)}
 
-    assert configurable == declared
+    # expected_duration is read for the capacity plan, not a task option.
+    assert configurable - {"expected_duration"} == declared
+
+
+def test_expected_duration_is_read_but_not_a_task_option(tmp_path: Path) -> None:
+    text = '[tasks.feed]\nexpected_duration = "800ms"\n[tasks.digest]\nretries = 1\n'
+    config = load_config(write(tmp_path, text))
+
+    assert config.tasks["feed"].expected_duration_s == 0.8
+    assert config.tasks["feed"].options() == {}
+    assert config.expected_durations() == {"feed": 0.8}
+
+
+def test_expected_duration_applies_without_touching_the_task(tmp_path: Path) -> None:
+    engine = make_engine()
+    policy = engine.tasks["feed"].policy
+    config = load_config(write(tmp_path, '[tasks.feed]\nexpected_duration = "2s"\n'))
+
+    apply_config(config, engine)
+
+    assert engine.tasks["feed"].policy == policy
+
+
+def test_negative_expected_duration_is_rejected(tmp_path: Path) -> None:
+    message = problem(tmp_path, "[tasks.feed]\nexpected_duration = -1\n")
+
+    assert "tasks.feed.expected_duration must be a finite, non-negative" in message
 
 
 policies = st.builds(
@@ -225,7 +251,7 @@ def test_unknown_task_key_is_rejected(tmp_path: Path) -> None:
         match=re.escape(
             "slapoll.toml: unknown key 'tasks.feed.interval'; allowed in "
             "[tasks.feed]: sla, every, priority, limits, timeout, retries, "
-            "retry_backoff, overlap, max_concurrent, phase"
+            "retry_backoff, overlap, max_concurrent, phase, expected_duration"
         ),
     ):
         load_config(write(tmp_path, '[tasks.feed]\ninterval = "5s"\n'))

@@ -1,0 +1,470 @@
+"""The controller: every task's interval and the pool size, from a snapshot.
+
+``plan`` is a pure function of a ``ControlSnapshot``: no clock, no I/O, no
+trio, so hypothesis can test it and ``slapoll check`` can run it on declared
+figures. The engine builds a snapshot every control period, applies the
+``ControlPlan`` it gets back, and hands ``ControlPlan.memory`` to the next
+snapshot: that small state is all the smoothing and the change reports need.
+The snapshot and plan classes live in ``_control_values`` and are
+re-exported here.
+
+Intervals (DESIGN.md, "The control loop"): with room in every budget a task
+runs at its preferred interval. Without, tasks are stretched toward their
+SLA-safe bound, lowest priority first, until each key's demand fits its
+budget. When even the SLA-safe bounds do not fit, higher priorities keep
+their SLA, the lowest are stretched beyond theirs, and the key reports the
+requests per second missing. Each key is solved on its own; a task drawing
+on several keys takes the longest interval any of them asks for, so it fits
+them all.
+
+Pool: Little's law gives the concurrency the chosen intervals need; the
+pool gets that plus headroom, within its bounds. It grows at once, shrinks
+after a hold time by a bounded step, and stops growing when the recent
+(concurrency, duration) samples show more concurrency buying no throughput.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from ._control_values import (
+    CAUSE_BUDGET,
+    CAUSE_MARGINS,
+    CAUSE_MIN_INTERVAL,
+    DECISION_FEASIBLE,
+    DECISION_INFEASIBLE,
+    DECISION_KINDS,
+    DECISION_POOL_GROW,
+    DECISION_POOL_SATURATED,
+    DECISION_POOL_SHRINK,
+    DECISION_RESTORE,
+    DECISION_STRETCH,
+    ConcurrencySample,
+    ControlMemory,
+    ControlPlan,
+    ControlSnapshot,
+    KeyPlan,
+    LimitSnapshot,
+    PoolPlan,
+    PoolSnapshot,
+    TaskPlan,
+    TaskSnapshot,
+)
+
+# The values are re-exported: the engine and `check` import from here.
+__all__ = [
+    "CAUSE_BUDGET",
+    "CAUSE_MARGINS",
+    "CAUSE_MIN_INTERVAL",
+    "DECISION_FEASIBLE",
+    "DECISION_INFEASIBLE",
+    "DECISION_KINDS",
+    "DECISION_POOL_GROW",
+    "DECISION_POOL_SATURATED",
+    "DECISION_POOL_SHRINK",
+    "DECISION_RESTORE",
+    "DECISION_STRETCH",
+    "ConcurrencySample",
+    "ControlMemory",
+    "ControlPlan",
+    "ControlSnapshot",
+    "KeyPlan",
+    "LimitSnapshot",
+    "PoolPlan",
+    "PoolSnapshot",
+    "TaskPlan",
+    "TaskSnapshot",
+    "plan",
+]
+
+# However large its margins, a task never runs more often than this share of
+# its SLA (the engine's own floor agrees): past that point the runs take
+# nearly the whole SLA, and polling faster cannot keep it.
+MIN_INTERVAL_FRACTION = 0.05
+# Past a hundred times its SLA-safe bound a target is as good as stopped.
+# When stretching the lowest priority that far still leaves a key over
+# budget, the higher priorities alone exceed it, and the next priority has
+# to give way instead of the lowest starving without end.
+MAX_STRETCH_FACTOR = 100.0
+# Little's law gives the mean number of busy workers. Runs come in bursts
+# and their durations vary, and every run queued for a worker adds lag that
+# eats into the SLA margin: a quarter more workers keeps that queue short.
+POOL_HEADROOM_FRACTION = 0.25
+# The pool shrinks only this long after its target last changed, so a load
+# that comes back every few seconds does not resize it each period.
+POOL_SHRINK_HOLD_S = 30.0
+# One shrink step gives up at most this share of the workers (and at least
+# one): a wrong shrink then costs little, and growing back is immediate.
+POOL_SHRINK_STEP_FRACTION = 0.25
+# Added concurrency counts as paying while it brings at least this share of
+# the throughput it would bring if durations stayed the same. Below that,
+# more workers mostly make the upstream slower (HTTP clients whose
+# connection pool degrades, servers at capacity), so the pool stops growing.
+MIN_CONCURRENCY_YIELD = 0.1
+# Saturation is concluded only from samples that reach at least a quarter
+# beyond the best concurrency seen: durations are noisy, and one sample
+# just above the best proves nothing.
+SATURATION_SPAN_FRACTION = 0.25
+# An interval change smaller than this share is margin noise, not a decision
+# worth counting.
+DECISION_CHANGE_FRACTION = 0.01
+# Halving [0, 1] sixty times reaches below a double's resolution there.
+_BISECTION_STEPS = 60
+
+
+# -- planning --------------------------------------------------------------
+
+
+@attrs.frozen
+class _Bounds:
+    safe_s: float
+    unconstrained_s: float
+    cause: str | None  # why the SLA cannot be kept at any budget
+
+
+def plan(snapshot: ControlSnapshot) -> ControlPlan:
+    """Choose every task's interval and the pool size for *snapshot*.
+
+    Pure and deterministic: the same snapshot gives an equal plan, whatever
+    the order of its tasks and limits.
+    """
+    tasks = sorted(snapshot.tasks, key=lambda t: t.name)
+    bounds = {t.name: _bounds(t) for t in tasks}
+    budgets = _budgets(snapshot.limits, tasks)
+    users = {key: [t for t in tasks if key in t.limit_keys] for key in budgets}
+    intervals = _plan_intervals(tasks, bounds, budgets, users)
+
+    task_plans = tuple(_task_plan(t, bounds[t.name], intervals[t.name]) for t in tasks)
+    feasible = {p.name: p.sla_feasible for p in task_plans}
+    key_plans = tuple(
+        _key_plan(key, budget, users[key], bounds, intervals, feasible)
+        for key, budget in budgets.items()
+    )
+    pool, changed_at, pool_decisions = _plan_pool(snapshot, tasks, intervals)
+    replicas = max(1, math.ceil(pool.unbounded_size / snapshot.pool.ceiling))
+
+    infeasible = tuple(key.name for key in key_plans if not key.feasible)
+    memory = ControlMemory(
+        pool_target_size=pool.target_size,
+        pool_changed_at_s=changed_at,
+        infeasible_keys=infeasible,
+    )
+    decisions = (
+        *_interval_decisions(tasks, intervals),
+        *_key_decisions(snapshot.memory, infeasible),
+        *pool_decisions,
+    )
+    return ControlPlan(
+        tasks=task_plans,
+        keys=key_plans,
+        pool=pool,
+        desired_replicas=replicas,
+        decisions=decisions,
+        memory=memory,
+    )
+
+
+def _plan_intervals(
+    tasks: Sequence[TaskSnapshot],
+    bounds: Mapping[str, _Bounds],
+    budgets: Mapping[str, float | None],
+    users: Mapping[str, Sequence[TaskSnapshot]],
+) -> dict[str, float]:
+    """Every task's interval: the longest that any of its keys asks for."""
+    intervals = {t.name: bounds[t.name].unconstrained_s for t in tasks}
+    for key, budget in budgets.items():
+        # Tasks without targets draw nothing: stretching them helps no one.
+        loaded = [t for t in users[key] if t.targets]
+        if budget is None or not loaded:
+            continue
+        for name, interval in _fit_key(loaded, bounds, budget).items():
+            intervals[name] = max(intervals[name], interval)
+    return intervals
+
+
+def _bounds(task: TaskSnapshot) -> _Bounds:
+    least = task.sla_s * MIN_INTERVAL_FRACTION
+    floor = float(max(task.min_interval_s, least))
+    raw = task.sla_s - task.margin_s
+    safe = max(float(raw), floor)
+    cause = None
+    if raw < least:
+        cause = CAUSE_MARGINS
+    elif raw < task.min_interval_s:
+        cause = CAUSE_MIN_INTERVAL
+
+    # A preferred interval longer than the safe bound yields to it: the SLA
+    # is the promise, the preference only asks for no more load than that.
+    preferred = task.preferred_interval_s
+    unconstrained = (
+        safe if preferred is None else max(floor, min(float(preferred), safe))
+    )
+    return _Bounds(safe_s=safe, unconstrained_s=unconstrained, cause=cause)
+
+
+def _budgets(
+    limits: Sequence[LimitSnapshot], tasks: Sequence[TaskSnapshot]
+) -> dict[str, float | None]:
+    declared = {limit.name: limit.budget_rps for limit in limits}
+    names = set(declared).union(*(t.limit_keys for t in tasks))
+    return {name: declared.get(name) for name in sorted(names)}
+
+
+def _demand(tasks: Sequence[TaskSnapshot], intervals: Mapping[str, float]) -> float:
+    """Requests per second *tasks* draw at *intervals*.
+
+    Always summed in the same (name) order, so a demand computed twice from
+    equal intervals is the same float.
+    """
+    return sum(t.targets * t.requests_per_run / intervals[t.name] for t in tasks)
+
+
+def _fit_key(
+    tasks: Sequence[TaskSnapshot], bounds: Mapping[str, _Bounds], budget_rps: float
+) -> dict[str, float]:
+    """The intervals one key's budget asks of the tasks drawing on it."""
+    safe = {t.name: bounds[t.name].safe_s for t in tasks}
+    levels = sorted({t.priority for t in tasks})
+    if _demand(tasks, safe) <= budget_rps:
+        unconstrained = {t.name: bounds[t.name].unconstrained_s for t in tasks}
+        return _stretch_within_sla(tasks, levels, unconstrained, safe, budget_rps)
+    return _stretch_beyond_sla(tasks, levels, safe, budget_rps)
+
+
+def _stretch_within_sla(
+    tasks: Sequence[TaskSnapshot],
+    levels: Sequence[int],
+    unconstrained: Mapping[str, float],
+    safe: Mapping[str, float],
+    budget_rps: float,
+) -> dict[str, float]:
+    """Stretch priority levels in turn toward their safe bounds until it fits.
+
+    The caller made sure that every task at its safe bound fits.
+    """
+    chosen = dict(unconstrained)
+    for level in levels:
+        if _demand(tasks, chosen) <= budget_rps:
+            break
+        members = [t.name for t in tasks if t.priority == level]
+        at_bound = chosen | {name: safe[name] for name in members}
+        if _demand(tasks, at_bound) > budget_rps:
+            chosen = at_bound
+            continue
+
+        chosen = _least_stretch(tasks, members, chosen, safe, budget_rps)
+        break
+
+    return chosen
+
+
+def _least_stretch(
+    tasks: Sequence[TaskSnapshot],
+    members: Sequence[str],
+    chosen: Mapping[str, float],
+    safe: Mapping[str, float],
+    budget_rps: float,
+) -> dict[str, float]:
+    """Stretch *members* from *chosen* toward *safe* by the least share that fits.
+
+    Every member covers the same share of its way. Demand falls as the share
+    grows, so bisection keeps a share that fits in ``high`` throughout; the
+    caller made sure the whole way (share 1) fits.
+    """
+
+    def stretched(share: float) -> dict[str, float]:
+        return {
+            **chosen,
+            **{name: _between(chosen[name], safe[name], share) for name in members},
+        }
+
+    low, high = 0.0, 1.0
+    for _ in range(_BISECTION_STEPS):
+        middle = (low + high) / 2
+        if _demand(tasks, stretched(middle)) <= budget_rps:
+            high = middle
+        else:
+            low = middle
+    return stretched(high)
+
+
+def _between(start: float, end: float, share: float) -> float:
+    # Exactly `end` at share 1: rounding must not leave a task a hair short
+    # of its bound (demand too high) or past it (SLA lost).
+    if share >= 1.0:
+        return end
+    return min(start + share * (end - start), end)
+
+
+def _stretch_beyond_sla(
+    tasks: Sequence[TaskSnapshot],
+    levels: Sequence[int],
+    safe: Mapping[str, float],
+    budget_rps: float,
+) -> dict[str, float]:
+    """Stretch past the safe bounds, lowest priority first, until it fits.
+
+    A level is stretched by one factor over its safe bounds, the least that
+    fits, up to ``MAX_STRETCH_FACTOR``; only when that is not enough does
+    the next level give up its SLA too.
+    """
+    chosen = dict(safe)
+    for level in levels:
+        members = [t for t in tasks if t.priority == level]
+        others = [t for t in tasks if t.priority != level]
+        room = budget_rps - _demand(others, chosen)
+        level_demand = _demand(members, safe)
+        # Decided from the arithmetic, not from summing the demand again:
+        # a rounding error there would make the next level give way for
+        # nothing.
+        fits = room > 0 and level_demand <= room * MAX_STRETCH_FACTOR
+        factor = max(1.0, level_demand / room) if fits else MAX_STRETCH_FACTOR
+        for task in members:
+            chosen[task.name] = safe[task.name] * factor
+        if fits:
+            break
+
+    return chosen
+
+
+def _task_plan(task: TaskSnapshot, bounds: _Bounds, interval_s: float) -> TaskPlan:
+    cause = bounds.cause
+    if cause is None and interval_s > bounds.safe_s:
+        cause = CAUSE_BUDGET
+    return TaskPlan(
+        name=task.name,
+        interval_s=interval_s,
+        sla_safe_interval_s=bounds.safe_s,
+        unconstrained_interval_s=bounds.unconstrained_s,
+        sla_feasible=cause is None,
+        cause=cause,
+    )
+
+
+def _key_plan(
+    name: str,
+    budget_rps: float | None,
+    tasks: Sequence[TaskSnapshot],
+    bounds: Mapping[str, _Bounds],
+    intervals: Mapping[str, float],
+    sla_feasible: Mapping[str, bool],
+) -> KeyPlan:
+    at_sla = _demand(tasks, {t.name: bounds[t.name].safe_s for t in tasks})
+    feasible = budget_rps is None or at_sla <= budget_rps
+    deficit = 0.0 if budget_rps is None or feasible else at_sla - budget_rps
+    return KeyPlan(
+        name=name,
+        budget_rps=budget_rps,
+        demand_rps=_demand(tasks, intervals),
+        demand_at_sla_rps=at_sla,
+        feasible=feasible,
+        deficit_rps=deficit,
+        violating=tuple(
+            t.name for t in tasks if t.targets and not sla_feasible[t.name]
+        ),
+    )
+
+
+def _interval_decisions(
+    tasks: Sequence[TaskSnapshot], intervals: Mapping[str, float]
+) -> list[str]:
+    decisions = []
+    for task in tasks:
+        current = task.interval_s
+        if current is None:
+            continue
+        new = intervals[task.name]
+        if new > current * (1 + DECISION_CHANGE_FRACTION):
+            decisions.append(DECISION_STRETCH)
+        elif new < current * (1 - DECISION_CHANGE_FRACTION):
+            decisions.append(DECISION_RESTORE)
+    return decisions
+
+
+def _key_decisions(
+    memory: ControlMemory | None, infeasible: Sequence[str]
+) -> list[str]:
+    before = () if memory is None else memory.infeasible_keys
+    turned = [DECISION_INFEASIBLE for key in infeasible if key not in before]
+    recovered = [DECISION_FEASIBLE for key in before if key not in infeasible]
+    return turned + recovered
+
+
+# -- the pool --------------------------------------------------------------
+
+
+def _plan_pool(
+    snapshot: ControlSnapshot,
+    tasks: Sequence[TaskSnapshot],
+    intervals: Mapping[str, float],
+) -> tuple[PoolPlan, float, list[str]]:
+    """Size the pool by Little's law, then smooth: grow now, shrink slowly.
+
+    Returns the plan, when the target last changed, and the decisions.
+    """
+    pool = snapshot.pool
+    needed = sum(t.targets * t.duration_mean_s / intervals[t.name] for t in tasks)
+    unbounded = math.ceil(needed * (1 + POOL_HEADROOM_FRACTION))
+    wanted = _clamp(unbounded, pool.min_size, pool.max_size)
+    limit = _saturation_limit(pool.samples)
+    capped = wanted if limit is None else min(wanted, max(limit, pool.min_size))
+
+    now = snapshot.now_s
+    memory = snapshot.memory
+    previous = pool.size if memory is None else memory.pool_target_size
+    previous = _clamp(previous, pool.min_size, pool.max_size)
+    changed_at = now if memory is None else memory.pool_changed_at_s
+    decisions = [DECISION_POOL_SATURATED] if capped < wanted else []
+    target = previous
+    if capped > previous:
+        target, changed_at = capped, now
+        decisions.append(DECISION_POOL_GROW)
+    elif capped < previous and now - changed_at >= POOL_SHRINK_HOLD_S:
+        step = max(1, math.ceil(previous * POOL_SHRINK_STEP_FRACTION))
+        target, changed_at = max(capped, previous - step), now
+        decisions.append(DECISION_POOL_SHRINK)
+
+    planned = PoolPlan(
+        target_size=target,
+        wanted_size=wanted,
+        unbounded_size=unbounded,
+        needed_concurrency=needed,
+        saturation_limit=limit,
+    )
+    return planned, changed_at, decisions
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return min(max(value, low), high)
+
+
+def _saturation_limit(samples: Sequence[ConcurrencySample]) -> int | None:
+    """The concurrency past which the samples showed no throughput to gain.
+
+    Throughput at a concurrency is concurrency ÷ mean duration (Little's
+    law). Walking up the concurrencies seen, a level becomes the best when
+    it adds at least ``MIN_CONCURRENCY_YIELD`` of the throughput its extra
+    workers would add at the best level's duration. If samples reach well
+    beyond the best level without beating it, the best level is the limit.
+    """
+    by_level: dict[int, list[float]] = {}
+    for sample in samples:
+        by_level.setdefault(sample.concurrency, []).append(sample.duration_mean_s)
+    levels = sorted((n, sum(d) / len(d)) for n, d in by_level.items())
+    if len(levels) < 2:
+        return None
+
+    best_n, best_d = levels[0]
+    for n, d in levels[1:]:
+        gained = n / d - best_n / best_d
+        promised = (n - best_n) / best_d
+        if gained >= MIN_CONCURRENCY_YIELD * promised:
+            best_n, best_d = n, d
+
+    highest = levels[-1][0]
+    if highest > best_n and highest >= best_n * (1 + SATURATION_SPAN_FRACTION):
+        return best_n
+    return None

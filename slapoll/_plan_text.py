@@ -1,0 +1,238 @@
+"""The capacity plan as text, for ``slapoll check``: pure, no I/O.
+
+``declared_snapshot`` builds a controller snapshot from what a config
+declares (policies, target counts, expected durations, budgets) instead of
+what was measured; ``render_plan`` turns the plan for it into lines: per
+task the interval it would get and whether its SLA holds, per limit key the
+demand against the budget, the pool size and the replicas needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from ._control import (
+    CAUSE_BUDGET,
+    CAUSE_MARGINS,
+    CAUSE_MIN_INTERVAL,
+    POOL_HEADROOM_FRACTION,
+    ControlPlan,
+    ControlSnapshot,
+    LimitSnapshot,
+    PoolSnapshot,
+    TaskSnapshot,
+)
+from ._policy import TaskPolicy
+
+__all__ = [
+    "DeclaredTask",
+    "columns",
+    "declared_snapshot",
+    "format_rate",
+    "render_plan",
+]
+
+# Why a task would miss its SLA, as the plan's last column says it.
+_CAUSE_TEXT = {
+    CAUSE_BUDGET: "no: over budget",
+    CAUSE_MARGINS: "no: runs outlast it",
+    CAUSE_MIN_INTERVAL: "no: server minimum",
+}
+# Rates are shown per second, per minute or per hour, whichever first gives
+# at least one request: "1.389/s", "30/m", "3.6/h".
+_RATE_UNITS = (("s", 1.0), ("m", 60.0), ("h", 3600.0))
+# Under a second, times read best in milliseconds; from two minutes on, in
+# whole seconds split into hours, minutes and seconds.
+_MS_PER_S = 1000.0
+_WHOLE_SECONDS_FROM_S = 120.0
+_SPAN_UNITS = (("h", 3600), ("m", 60), ("s", 1))
+# Figures are shown to four significant digits: enough to check the
+# arithmetic by hand, few enough to read at a glance.
+_DIGITS = 4
+
+
+@attrs.frozen
+class DeclaredTask:
+    """One task as a config declares it, before anything was measured.
+
+    ``targets`` counts the targets declared in code. ``expected_duration_s``
+    is the config's guess at one run's duration; ``None`` when not given.
+    """
+
+    name: str
+    policy: TaskPolicy
+    targets: int
+    expected_duration_s: float | None = None
+
+
+def declared_snapshot(
+    tasks: Iterable[DeclaredTask],
+    *,
+    budgets_rps: Mapping[str, float | None],
+    pool: PoolSnapshot,
+) -> ControlSnapshot:
+    """A snapshot of declared figures, as if nothing had been measured yet.
+
+    An expected duration stands for both the mean and the margin of the
+    durations (there is nothing to take a quantile of); lag is taken as 0.
+    A task without one counts as instant for the pool and its SLA-safe
+    bound; the plan says so.
+    """
+    snapshots = tuple(
+        TaskSnapshot.from_policy(
+            task.name,
+            task.policy,
+            targets=task.targets,
+            duration_margin_s=task.expected_duration_s or 0.0,
+            duration_mean_s=task.expected_duration_s or 0.0,
+        )
+        for task in tasks
+    )
+    limits = tuple(LimitSnapshot(name, rps) for name, rps in budgets_rps.items())
+    return ControlSnapshot(now_s=0.0, tasks=snapshots, limits=limits, pool=pool)
+
+
+def render_plan(
+    snapshot: ControlSnapshot,
+    plan: ControlPlan,
+    *,
+    unknown_durations: Sequence[str] = (),
+) -> list[str]:
+    """The lines ``check`` prints for *plan*, made from *snapshot*.
+
+    *unknown_durations* names tasks whose duration nobody declared, so the
+    reader knows which figures assume instant runs.
+    """
+    lines = ["capacity plan, from the declared figures:"]
+    lines.extend(_task_table(snapshot, plan, set(unknown_durations)))
+    if plan.keys:
+        lines.append("")
+        lines.extend(_key_table(plan))
+    lines.append("")
+    lines.extend(_pool_lines(snapshot, plan))
+    if unknown_durations:
+        names = ", ".join(sorted(unknown_durations))
+        lines.append(f"no expected_duration for {names}: their runs count as instant;")
+        lines.append("  set expected_duration in [tasks.NAME] for a truer plan")
+    lines.append(_verdict(plan))
+    return lines
+
+
+def _task_table(
+    snapshot: ControlSnapshot, plan: ControlPlan, unknown: set[str]
+) -> list[str]:
+    rows = [("task", "targets", "duration", "interval", "sla-safe", "sla kept")]
+    # In the snapshot's order, which for `check` is the order of declaration.
+    for declared in snapshot.tasks:
+        task = plan.task(declared.name)
+        duration = "?" if task.name in unknown else _seconds(declared.duration_mean_s)
+        kept = "yes" if task.cause is None else _CAUSE_TEXT[task.cause]
+        rows.append(
+            (
+                task.name,
+                str(declared.targets),
+                duration,
+                _seconds(task.interval_s),
+                _seconds(task.sla_safe_interval_s),
+                kept,
+            )
+        )
+    return columns(rows)
+
+
+def _key_table(plan: ControlPlan) -> list[str]:
+    rows = [("limit", "budget", "demand", "at sla-safe", "fits")]
+    for key in plan.keys:
+        if key.budget_rps is None:
+            budget, fits = "unlimited", "yes"
+        else:
+            budget = format_rate(key.budget_rps)
+            fits = (
+                "yes" if key.feasible else f"no: {format_rate(key.deficit_rps)} short"
+            )
+        rows.append(
+            (
+                key.name,
+                budget,
+                format_rate(key.demand_rps),
+                format_rate(key.demand_at_sla_rps),
+                fits,
+            )
+        )
+    return columns(rows)
+
+
+def _pool_lines(snapshot: ControlSnapshot, plan: ControlPlan) -> list[str]:
+    pool, bounds = plan.pool, snapshot.pool
+    law = (
+        f"  Little's law: {_number(pool.needed_concurrency)} busy on average, "
+        f"{pool.unbounded_size} with {POOL_HEADROOM_FRACTION:.0%} headroom"
+    )
+    lines = [
+        f"workers needed: {pool.wanted_size} "
+        f"(between {bounds.min_size} and {bounds.max_size})",
+        law,
+    ]
+    if pool.unbounded_size > bounds.max_size:
+        lines.append("  that is more than max_workers: add replicas or raise it")
+    lines.append(
+        f"desired replicas: {plan.desired_replicas} "
+        f"(at most {bounds.ceiling} workers per process)"
+    )
+    return lines
+
+
+def _verdict(plan: ControlPlan) -> str:
+    if plan.feasible:
+        return "plan: every SLA can be kept"
+    missing = [
+        f"{key.name} short by {format_rate(key.deficit_rps)}"
+        for key in plan.keys
+        if not key.feasible
+    ]
+    losing = [task.name for task in plan.tasks if not task.sla_feasible]
+    text = f"plan: SLA at risk for {', '.join(losing)}"
+    return f"{text} ({'; '.join(missing)})" if missing else text
+
+
+def format_rate(rps: float) -> str:
+    """Render requests per second in the unit that gives at least one."""
+    for unit, period_s in _RATE_UNITS:
+        if rps * period_s >= 1:
+            return f"{_number(rps * period_s)}/{unit}"
+    return f"{_number(rps * _RATE_UNITS[-1][1])}/{_RATE_UNITS[-1][0]}"
+
+
+def _seconds(value_s: float) -> str:
+    if value_s < 1:
+        return f"{_number(value_s * _MS_PER_S)}ms"
+    if value_s < _WHOLE_SECONDS_FROM_S:
+        return f"{_number(value_s)}s"
+    # Longer spans in whole seconds, split into units: "4m58s", "2h30m".
+    rest = round(value_s)
+    parts = []
+    for unit, size in _SPAN_UNITS:
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def _number(value: float) -> str:
+    # Four significant digits without falling into exponent notation.
+    if abs(value) >= 10**_DIGITS:
+        return f"{value:.0f}"
+    return f"{value:.{_DIGITS}g}"
+
+
+def columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Align *rows* of cells into left-justified columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in rows
+    ]

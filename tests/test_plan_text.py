@@ -1,0 +1,139 @@
+"""Tests for the capacity plan as ``slapoll check`` prints it."""
+
+from __future__ import annotations
+
+import pytest
+
+from slapoll import TaskPolicy
+from slapoll._control import (
+    ControlSnapshot,
+    LimitSnapshot,
+    PoolSnapshot,
+    TaskSnapshot,
+    plan,
+)
+from slapoll._plan_text import (
+    DeclaredTask,
+    declared_snapshot,
+    format_rate,
+    render_plan,
+)
+
+POOL = PoolSnapshot(min_size=1, max_size=16, size=4)
+
+
+def declared(name: str, targets: int, **options: object) -> DeclaredTask:
+    """A task with a 1 m SLA and a 10 s preferred interval on "github"."""
+    expected = options.pop("expected_duration_s", 10.0)
+    policy = TaskPolicy.from_options(
+        sla="1m",
+        every="10s",
+        limits=["github"],
+        **options,  # type: ignore[arg-type]
+    )
+    return DeclaredTask(name, policy, targets, expected)  # type: ignore[arg-type]
+
+
+def lines_for(
+    snapshot: ControlSnapshot, unknown_durations: tuple[str, ...] = ()
+) -> list[str]:
+    return render_plan(snapshot, plan(snapshot), unknown_durations=unknown_durations)
+
+
+def test_declared_figures_stand_in_for_measurements() -> None:
+    snapshot = declared_snapshot(
+        [declared("feed", 3, priority=2, retries=1)],
+        budgets_rps={"github": 1.5},
+        pool=POOL,
+    )
+
+    (task,) = snapshot.tasks
+    assert task.targets == 3
+    assert task.duration_mean_s == task.duration_margin_s == 10.0
+    assert task.lag_margin_s == 0.0
+    assert task.priority == 2
+    assert task.retries == 1
+    assert snapshot.limits == (LimitSnapshot("github", 1.5),)
+    assert snapshot.pool == POOL
+
+
+def test_an_infeasible_budget_is_shown_with_its_deficit() -> None:
+    # Both tasks are safe up to 60 - 10 = 50 s, where 250 targets draw 5/s;
+    # the budget is 3/s. "high" keeps 50 s, "low" gets 150 s.
+    snapshot = declared_snapshot(
+        [declared("high", 100, priority=2), declared("low", 150, priority=1)],
+        budgets_rps={"github": 3.0},
+        pool=POOL,
+    )
+
+    assert lines_for(snapshot) == [
+        "capacity plan, from the declared figures:",
+        "task  targets  duration  interval  sla-safe  sla kept",
+        "high  100      10s       50s       50s       yes",
+        "low   150      10s       2m30s     50s       no: over budget",
+        "",
+        "limit   budget  demand  at sla-safe  fits",
+        "github  3/s     3/s     5/s          no: 2/s short",
+        "",
+        "workers needed: 16 (between 1 and 16)",
+        "  Little's law: 30 busy on average, 38 with 25% headroom",
+        "  that is more than max_workers: add replicas or raise it",
+        "desired replicas: 3 (at most 16 workers per process)",
+        "plan: SLA at risk for low (github short by 2/s)",
+    ]
+
+
+def test_room_to_spare_gives_the_preferred_intervals() -> None:
+    snapshot = declared_snapshot(
+        [declared("feed", 10)], budgets_rps={"github": 5000 / 3600}, pool=POOL
+    )
+
+    lines = lines_for(snapshot)
+
+    assert "feed  10       10s       10s       50s       yes" in lines
+    assert "github  1.389/s  1/s     12/m         yes" in lines
+    assert lines[-1] == "plan: every SLA can be kept"
+
+
+def test_tasks_without_a_duration_are_named() -> None:
+    snapshot = declared_snapshot(
+        [declared("feed", 10, expected_duration_s=None)], budgets_rps={}, pool=POOL
+    )
+
+    lines = lines_for(snapshot, unknown_durations=("feed",))
+
+    assert "feed  10       ?         10s       60s       yes" in lines
+    assert "github  unlimited  1/s     10/m         yes" in lines
+    assert "no expected_duration for feed: their runs count as instant;" in lines
+
+
+def test_an_sla_no_budget_can_save_says_why() -> None:
+    snapshot = ControlSnapshot(
+        now_s=0.0,
+        tasks=(
+            TaskSnapshot("polled", sla_s=60.0, min_interval_s=90.0),
+            TaskSnapshot("slow", sla_s=60.0, duration_margin_s=61.0),
+        ),
+        pool=POOL,
+    )
+
+    lines = lines_for(snapshot)
+
+    assert "polled  1        0ms       90s       90s       no: server minimum" in lines
+    assert "slow    1        0ms       3s        3s        no: runs outlast it" in lines
+    assert lines[-1] == "plan: SLA at risk for polled, slow"
+
+
+@pytest.mark.parametrize(
+    ("rps", "text"),
+    [
+        (5000 / 3600, "1.389/s"),
+        (40.0, "40/s"),
+        (12_345.6, "12346/s"),
+        (0.5, "30/m"),
+        (0.001, "3.6/h"),
+        (0.0, "0/h"),
+    ],
+)
+def test_rates_use_the_unit_that_gives_at_least_one(rps: float, text: str) -> None:
+    assert format_rate(rps) == text
