@@ -198,9 +198,13 @@ def _bounds(task: TaskSnapshot) -> _Bounds:
 
     # A preferred interval longer than the safe bound yields to it: the SLA
     # is the promise, the preference only asks for no more load than that.
+    # The share-of-SLA floor guards the measured bound only: a preferred
+    # interval shorter than it is the user's explicit choice.
     preferred = task.preferred_interval_s
     unconstrained = (
-        safe if preferred is None else max(floor, min(float(preferred), safe))
+        safe
+        if preferred is None
+        else max(task.min_interval_s, min(float(preferred), safe))
     )
     return _Bounds(safe_s=safe, unconstrained_s=unconstrained, cause=cause)
 

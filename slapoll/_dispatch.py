@@ -20,7 +20,7 @@ from collections.abc import Callable
 import trio
 
 from ._policy import Outcome
-from ._schedule import catch_up
+from ._schedule import catch_up, first_due
 from ._task import RunContext, TargetState, Task
 
 __all__ = ["Dispatcher"]
@@ -54,6 +54,9 @@ class Dispatcher:
         self.max_workers = max_workers
         self.stopping = False
         self.clock: Callable[[], float] = trio.current_time
+        # The engine-clock instant of the wall-clock epoch, set by the engine
+        # when it starts: due-time grids hang from it.
+        self.origin = 0.0
         self._seq = itertools.count()
         self._timers: list[_Timer] = []
         self._ready: list[_Ready] = []
@@ -67,6 +70,9 @@ class Dispatcher:
         # Workers unparked for ready work that have not yet taken it.
         self._workers_waking = 0
         self._worker_nursery: trio.Nursery | None = None
+        # Totals for the controller: runs ended and worker-seconds they took.
+        self.runs_ended = 0
+        self.busy_s_total = 0.0
 
     def start(self) -> None:
         """Prepare for a run of the engine (call inside trio)."""
@@ -174,7 +180,14 @@ class Dispatcher:
             if now >= due + interval:
                 due, passed = catch_up(due, now, interval)
                 task.missed += passed
-            state.next_due = next_due = due + interval
+            if interval == state.interval_s:
+                next_due = due + interval
+            else:
+                next_due = self._regrid(state, due, interval)
+            # A new scheduled run supersedes retries still pending from the
+            # last one: bumping the generation drops their timers.
+            state.generation = generation = generation + 1
+            state.next_due = next_due
             # The scheduler itself is running: no need to wake it.
             heapq.heappush(
                 self._timers, (next_due, next(self._seq), state, generation, 0)
@@ -182,6 +195,25 @@ class Dispatcher:
         elif state.failures == 0:
             return  # a scheduled run succeeded meanwhile: the retry is moot
         self._request_run(state, due, attempt, now)
+
+    def _regrid(self, state: TargetState, due: float, interval: float) -> float:
+        """The next due time after the task's interval changed.
+
+        Targets move back onto their phases on the new grid, so they stay
+        spread over the interval instead of bunching where the old grid put
+        them. The gap to the next due time stays between half an interval
+        and one: never longer than the new interval (the SLA-safe bound may
+        be what set it), never so short that it falls inside the run just
+        due. A target whose grid point is too close gets there in two steps.
+        """
+        on_grid = first_due(due, interval, state.phase_fraction(interval), self.origin)
+        if on_grid <= due:
+            on_grid += interval
+        if on_grid - due >= interval / 2:
+            state.interval_s = interval
+            return on_grid
+        state.interval_s = None  # still moving: regrid again next time
+        return due + interval / 2
 
     def _request_run(
         self, state: TargetState, due: float, attempt: int, now: float
@@ -317,8 +349,11 @@ class Dispatcher:
         task.duration_buckets.observe(duration)
         task.runs[outcome] += 1
         state.runs += 1
+        self.runs_ended += 1
+        self.busy_s_total += duration
 
         if outcome is _SUCCESS:
+            task.success_duration.add(duration)
             # Staleness drops only now that the run completed, and counts
             # from when it started. (_account, inlined: a paused target's
             # run does not count.)
@@ -350,7 +385,7 @@ class Dispatcher:
         # A retry must finish inside the SLA or, once that is lost, before
         # the next scheduled run: later it would only duplicate that run.
         limit = max(state.sla_deadline(), state.next_due or 0.0)
-        if retry_at + state.task.duration.mean() <= limit:
+        if retry_at + state.task.success_duration.mean() <= limit:
             self.push_timer(retry_at, state, attempt + 1)
 
 

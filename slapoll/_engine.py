@@ -20,12 +20,14 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
 
+from ._control import ControlPlan
 from ._dispatch import Dispatcher
 from ._durations import Duration, parse_duration
 from ._measure import SlaAccount, quantile
 from ._policy import TaskPolicy
 from ._schedule import first_due, hash_fraction, spread_fractions
 from ._stats import EngineStatistics, TargetStatistics, TaskStatistics
+from ._steering import Steering
 from ._store import MemoryStore, Store, TargetRecord
 from ._task import DEFAULT_TARGET_KEY, TargetState, Task, TaskFunction
 from .errors import ConfigError, UsageError
@@ -80,6 +82,7 @@ class Engine:
         self.store: Store = MemoryStore() if store is None else store
         self._wall_clock = wall_clock
         self._dispatch = Dispatcher(pool_size=1, min_workers=1, max_workers=1024)
+        self._steering = Steering()
         self.control_period_s = 1.0
         self.shutdown_grace_s = 10.0
         self.metrics_address: str | None = None
@@ -267,7 +270,7 @@ class Engine:
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_store()
-            self.metrics.update(self.statistics())
+            self.metrics.update(self.statistics(), self._steering)
             if server is not None:
                 server.shutdown()
                 server.server_close()
@@ -390,6 +393,7 @@ class Engine:
     def _start_schedules(self) -> None:
         now = trio.current_time()
         self._origin = now - self._wall_clock()
+        self._dispatch.origin = self._origin
         for task in self.tasks.values():
             if not task.targets and not task.takes_arguments:
                 state = TargetState(task, DEFAULT_TARGET_KEY, {}, now, None)
@@ -404,13 +408,8 @@ class Engine:
 
     def _schedule_first(self, state: TargetState, now: float) -> None:
         interval = state.task.interval_s
-        fixed = state.task.policy.phase_s
-        if fixed is not None:
-            phase = (fixed % interval) / interval
-        else:
-            assert state.phase is not None
-            phase = state.phase
-        due = first_due(now, interval, phase, self._origin)
+        state.interval_s = interval
+        due = first_due(now, interval, state.phase_fraction(interval), self._origin)
         state.next_due = due
         self._dispatch.push_timer(due, state, 0)
 
@@ -437,9 +436,22 @@ class Engine:
                     offset - last_offset,
                 )
             last_offset = offset
-            for task in self.tasks.values():
-                task.refresh_interval()
-            self.metrics.update(await self._statistics_in_steps())
+            self._steering.step(
+                trio.current_time(),
+                self.tasks.values(),
+                self._dispatch,
+                self._budgets(),
+            )
+            self.metrics.update(await self._statistics_in_steps(), self._steering)
+
+    def _budgets(self) -> dict[str, float | None]:
+        """Requests per second each limit key allows, declared or learned."""
+        return {}
+
+    @property
+    def plan(self) -> ControlPlan | None:
+        """The controller's latest plan (``None`` before the first period)."""
+        return self._steering.plan
 
     def statistics(self) -> EngineStatistics:
         """A snapshot of the engine and every task, accounted up to now."""

@@ -33,9 +33,6 @@ DEFAULT_TARGET_KEY = "default"
 
 # Before anything was measured, an SLA-driven task runs twice per SLA.
 _UNMEASURED_INTERVAL_FRACTION = 0.5
-# However slow its runs, an SLA-driven task never runs more often than this
-# share of its SLA: past that point the SLA cannot be met by polling faster.
-_MIN_INTERVAL_FRACTION = 0.05
 # Margins are taken at this quantile of recent lag and duration.
 MARGIN_QUANTILE = 0.99
 
@@ -75,6 +72,7 @@ class TargetState:
         "deadlines",
         "failures",
         "generation",
+        "interval_s",
         "key",
         "last_success_start",
         "next_due",
@@ -108,12 +106,23 @@ class TargetState:
         # A due time held back by the overlap policy: (due, attempt).
         self.pending: tuple[float, int] | None = None
         self.next_due: float | None = None
+        # The interval the schedule was laid with (None while it moves onto
+        # a new grid); see Dispatcher._regrid.
+        self.interval_s: float | None = task.interval_s
         # Timer entries of an older generation are stale and ignored.
         self.generation = 0
         self.account = SlaAccount(now)
         self.runs = 0
         self.failures = 0
         self.last_success_start: float | None = None
+
+    def phase_fraction(self, interval_s: float) -> float:
+        """Where in an interval of *interval_s* this target's due times fall."""
+        fixed = self.task.policy.phase_s
+        if fixed is not None:
+            return (fixed % interval_s) / interval_s
+        assert self.phase is not None, "phases are set when the engine starts"
+        return self.phase
 
     def active_runs(self, now: float) -> int:
         """Runs in flight that are not yet past their deadline."""
@@ -143,6 +152,10 @@ class Task:
         self.takes_arguments = _takes_target_arguments(fn)
         self.lag = SampleWindow()
         self.duration = SampleWindow()
+        # Durations of successful runs only: those are what freshness waits
+        # for, so the SLA-safe bound keeps room for them (a timed-out run
+        # refreshes nothing and must not shrink the interval).
+        self.success_duration = SampleWindow()
         self.lag_buckets = BucketCounts(LAG_BUCKETS_S)
         self.duration_buckets = BucketCounts(DURATION_BUCKETS_S)
         self.runs = {outcome.value: 0 for outcome in Outcome}
@@ -150,6 +163,10 @@ class Task:
         self.observed_s = 0.0
         self.within_s = 0.0
         self.interval_s = self._initial_interval()
+        # Set by the controller each period: the longest interval that keeps
+        # the SLA given measured margins, and the server's minimum.
+        self.sla_safe_interval_s = self.interval_s
+        self.min_interval_s = 0.0
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} sla={self.policy.sla_s}s targets={len(self)}>"
@@ -224,31 +241,15 @@ class Task:
     # -- intervals ---------------------------------------------------------
 
     def _initial_interval(self) -> float:
+        # Until the controller has measured anything: the preferred interval,
+        # or twice per SLA.
         if self.policy.every_s is not None:
             return self.policy.every_s
         return self.policy.sla_s * _UNMEASURED_INTERVAL_FRACTION
 
-    def sla_safe_interval(self) -> float:
-        """The longest interval that keeps the SLA given measured margins.
-
-        ``SLA - (lag margin + duration margin)``, plus room for one retry
-        (a backoff and another run) when retries are configured.
-        """
-        policy = self.policy
-        if not len(self.duration):
-            return policy.sla_s * _UNMEASURED_INTERVAL_FRACTION
-        lag = self.lag.quantile(MARGIN_QUANTILE)
-        duration = self.duration.quantile(MARGIN_QUANTILE)
-        margin = lag + duration
-        if policy.retries:
-            margin += policy.retry_backoff_s + duration
-        floor = policy.sla_s * _MIN_INTERVAL_FRACTION
-        return max(floor, policy.sla_s - margin)
-
-    def refresh_interval(self) -> None:
-        """Follow the SLA-safe bound when no preferred interval is declared."""
-        if self.policy.every_s is None:
-            self.interval_s = self.sla_safe_interval()
+    def active_targets(self) -> int:
+        """Targets that are scheduled (not paused)."""
+        return sum(1 for state in self.targets.values() if not state.paused)
 
 
 def _takes_target_arguments(fn: TaskFunction) -> bool:

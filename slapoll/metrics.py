@@ -23,10 +23,21 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ._control import ControlPlan
 from ._measure import BucketCounts
 from ._stats import EngineStatistics
 
 __all__ = ["EngineMetrics", "MeasuredTask"]
+
+
+class SteeringState(Protocol):
+    """What the collector reads of the controller."""
+
+    @property
+    def plan(self) -> ControlPlan | None: ...
+
+    @property
+    def decisions(self) -> Mapping[str, int]: ...
 
 
 class MeasuredTask(Protocol):
@@ -100,11 +111,15 @@ class EngineMetrics(Collector):
         self.registry = registry
         self._tasks = tasks
         self._stats: EngineStatistics | None = None
+        self._plan: ControlPlan | None = None
+        self._decisions: dict[str, int] = {}
         registry.register(self)
 
-    def update(self, stats: EngineStatistics) -> None:
-        """Publish a statistics snapshot (replaced, never mutated)."""
+    def update(self, stats: EngineStatistics, steering: SteeringState) -> None:
+        """Publish a statistics snapshot and the controller's latest plan."""
         self._stats = stats
+        self._plan = steering.plan
+        self._decisions = dict(steering.decisions)
 
     def collect(self) -> Iterator[Metric]:
         tasks = dict(self._tasks())
@@ -112,6 +127,8 @@ class EngineMetrics(Collector):
         stats = self._stats
         if stats is not None:
             yield from self._snapshot_series(stats)
+        if self._plan is not None:
+            yield from _plan_series(self._plan, self._decisions)
 
     def _run_series(self, tasks: Mapping[str, MeasuredTask]) -> Iterator[Metric]:
         runs = CounterMetricFamily(
@@ -179,3 +196,58 @@ def _add_histogram(family: HistogramMetricFamily, task: str, b: BucketCounts) ->
 
 def _le(bound: float) -> str:
     return repr(float(bound))
+
+
+def _plan_series(plan: ControlPlan, decisions: Mapping[str, int]) -> Iterator[Metric]:
+    preferred = GaugeMetricFamily(
+        "slapoll_interval_preferred_seconds",
+        "The interval the task would get with unlimited budget: its preferred "
+        "one, or its SLA-safe bound when it has none.",
+        labels=["task"],
+    )
+    safe = GaugeMetricFamily(
+        "slapoll_interval_safe_seconds",
+        "The longest interval that keeps the SLA given measured lag and "
+        "duration margins.",
+        labels=["task"],
+    )
+    for task in plan.tasks:
+        preferred.add_metric([task.name], task.unconstrained_interval_s)
+        safe.add_metric([task.name], task.sla_safe_interval_s)
+    yield preferred
+    yield safe
+
+    feasible = GaugeMetricFamily(
+        "slapoll_plan_feasible",
+        "1 when the key's budget carries every SLA, 0 when it cannot.",
+        labels=["key"],
+    )
+    deficit = GaugeMetricFamily(
+        "slapoll_plan_deficit_requests_per_second",
+        "Requests per second the key's budget lacks to keep every SLA.",
+        labels=["key"],
+    )
+    for key in plan.keys:
+        feasible.add_metric([key.name], float(key.feasible))
+        deficit.add_metric([key.name], key.deficit_rps)
+    yield feasible
+    yield deficit
+
+    yield GaugeMetricFamily(
+        "slapoll_pool_target",
+        "The pool size the controller chose (Little's law plus headroom).",
+        value=plan.pool.target_size,
+    )
+    yield GaugeMetricFamily(
+        "slapoll_desired_replicas",
+        "Processes needed at the per-process worker ceiling, for an autoscaler.",
+        value=plan.desired_replicas,
+    )
+    counted = CounterMetricFamily(
+        "slapoll_control_decisions",
+        "Controller decisions by kind (stretch, restore, infeasible, pool_grow...).",
+        labels=["kind"],
+    )
+    for kind, count in sorted(decisions.items()):
+        counted.add_metric([kind], count)
+    yield counted

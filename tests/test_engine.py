@@ -272,16 +272,17 @@ async def test_retries_stay_inside_the_sla_deadline(
     engine = engine_factory()
     attempts: list[tuple[float, int]] = []
 
-    @engine.task(sla="20s", every="20s", retries=5, retry_backoff="2s", phase=0)
+    @engine.task(sla="40s", every="20s", retries=5, retry_backoff="2s", phase=0)
     async def flaky(ctx: RunContext) -> None:
         attempts.append((trio.current_time(), ctx.attempt))
         raise RuntimeError("down")
 
     await run_for(engine, 39.0)
 
-    # From t = 0: retries at 2, 6, 14 s; the next (30 s) is past the SLA
-    # deadline of 20 s. From t = 20 (SLA lost): 22, 26, 34; the next (50 s)
-    # is past the next due time of 40 s.
+    # From t = 0: retries at 2, 6, 14 s; the one for 30 s is dropped when
+    # the scheduled run at 20 s starts a new chain. From t = 20: 22, 26, 34;
+    # the next (50 s) is past both the SLA deadline and the next due time
+    # (40 s).
     assert attempts == [
         (0.0, 0), (2.0, 1), (6.0, 2), (14.0, 3),
         (20.0, 0), (22.0, 1), (26.0, 2), (34.0, 3),
@@ -307,7 +308,11 @@ async def test_pool_resizes_while_running(
 ) -> None:
     """Growing the pool runs more at once at once; shrinking lets busy
     workers finish first; sizes stay within the bounds."""
-    engine = engine_factory(workers=2, min_workers=1, max_workers=8)
+    # A control period longer than the test: the controller would size the
+    # pool itself.
+    engine = engine_factory(
+        workers=2, min_workers=1, max_workers=8, control_period="1h"
+    )
     in_flight = 0
     most: list[int] = []
 
