@@ -16,12 +16,17 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from ._policy import Outcome
 from ._schedule import catch_up, first_due
 from ._task import RunContext, TargetState, Task
+from .errors import RunDeadlineError
+
+if TYPE_CHECKING:
+    from ._http import TargetHttp
 
 __all__ = ["Dispatcher"]
 
@@ -70,6 +75,10 @@ class Dispatcher:
         # Workers unparked for ready work that have not yet taken it.
         self._workers_waking = 0
         self._worker_nursery: trio.Nursery | None = None
+        # Gives a run its HTTP client (set by the engine when it starts), and
+        # hears of every pool resize (the client's connection permits).
+        self.http_for: Callable[[TargetState, float], TargetHttp] | None = None
+        self.on_resize: Callable[[int], None] | None = None
         # Totals for the controller: runs ended and worker-seconds they took.
         self.runs_ended = 0
         self.busy_s_total = 0.0
@@ -108,6 +117,8 @@ class Dispatcher:
                 self._worker_nursery.start_soon(self._worker)
             if self._workers_alive > self.pool_size:
                 self._worker_lot.unpark_all()
+        if self.on_resize is not None:
+            self.on_resize(self.pool_size)
         return self.pool_size
 
     async def drain(
@@ -311,26 +322,39 @@ class Dispatcher:
         queue.append((deadline, run_id, slot))
         if deadline < self._scheduler_wake_at:
             self._scheduler_lot.unpark_all()
-        ctx = RunContext(task.name, state.key, due, attempt, deadline)
+        ctx = RunContext(state, due, attempt, deadline, self.http_for)
         outcome = _ERROR
         try:
             await task.fn(ctx, **state.args)
             outcome = _SUCCESS
-        except trio.Cancelled:
+        except Exception as exc:
+            outcome = _TIMEOUT if isinstance(exc, RunDeadlineError) else _ERROR
+            self._log_failure(state, exc)
+        except BaseException:
+            # trio.Cancelled, alone or grouped by a nursery inside the run.
             # Only the watchdog cancels the worker's scope: a timeout. Any
             # other cancellation is the engine shutting down.
             timed_out = slot.scope.cancel_called
             outcome = _TIMEOUT if timed_out else _CANCELLED
             raise
-        except Exception as exc:
-            # The message is the task's own; arguments are not logged.
-            logger.debug(
-                "%s[%s]: run failed: %s", task.name, state.key, type(exc).__name__
-            )
         finally:
             slot.run_id = -1
             state.deadlines.remove(deadline)
             self._finish(state, due, attempt, start, outcome)
+
+    def _log_failure(self, state: TargetState, exc: Exception) -> None:
+        # Only the exception's type: its message may quote a URL or a
+        # token. The first failure after a success is a warning, the rest
+        # of the streak debug lines, so a target failing on every run does
+        # not flood the log.
+        level = logging.DEBUG if state.failures else logging.WARNING
+        logger.log(
+            level,
+            "%s[%s]: run failed: %s",
+            state.task.name,
+            state.key,
+            type(exc).__name__,
+        )
 
     def _finish(
         self,

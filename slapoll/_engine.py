@@ -17,20 +17,23 @@ import time
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
+import httpx
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ._control import ControlPlan
 from ._dispatch import Dispatcher
 from ._durations import Duration, parse_duration
+from ._http import HttpLayer, TargetHttp
 from ._measure import SlaAccount, quantile
 from ._policy import TaskPolicy
+from ._ratelimit import KeyStatistics, LimitSpec
 from ._schedule import first_due, hash_fraction, spread_fractions
 from ._stats import EngineStatistics, TargetStatistics, TaskStatistics
 from ._steering import Steering
 from ._store import MemoryStore, Store, TargetRecord
 from ._task import DEFAULT_TARGET_KEY, TargetState, Task, TaskFunction
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, UnknownTargetError, UsageError
 from .metrics import EngineMetrics
 
 __all__ = ["Engine"]
@@ -61,6 +64,8 @@ class Engine:
     ``max_workers`` when changed while running. Metrics go to *registry*
     (a fresh one per engine by default) and are served on
     *metrics_address* (``"HOST:PORT"``) when one is given.
+    *http_transport* replaces the network under ``ctx.http`` (tests pass
+    ``httpx.MockTransport``).
     """
 
     def __init__(
@@ -75,12 +80,18 @@ class Engine:
         registry: CollectorRegistry | None = None,
         store: Store | None = None,
         wall_clock: Callable[[], float] = time.time,
+        http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.tasks: dict[str, Task] = {}
+        self.running = False
         self.registry = CollectorRegistry() if registry is None else registry
         self.metrics = EngineMetrics(self.registry, lambda: self.tasks)
         self.store: Store = MemoryStore() if store is None else store
         self._wall_clock = wall_clock
+        self._http_transport = http_transport
+        self._limits: dict[str, LimitSpec] = {}
+        self._http: HttpLayer | None = None
+        self._http_stats: tuple[KeyStatistics, ...] = ()
         self._dispatch = Dispatcher(pool_size=1, min_workers=1, max_workers=1024)
         self._steering = Steering()
         self.control_period_s = 1.0
@@ -138,8 +149,15 @@ class Engine:
 
         Knobs: ``workers``, ``min_workers``, ``max_workers``,
         ``control_period``, ``shutdown_grace``, ``metrics_address``.
-        Raises ``ConfigError`` for an unknown knob or a bad value.
+        Raises ``ConfigError`` for an unknown knob or a bad value, and
+        ``UsageError`` while the engine runs (resize the pool with
+        ``set_pool_size``).
         """
+        if self.running:
+            raise UsageError(
+                "engine options cannot change while it runs; use "
+                "set_pool_size() to resize the pool"
+            )
         allowed = {
             "workers",
             "min_workers",
@@ -188,6 +206,23 @@ class Engine:
             if address is not None:
                 parse_address(address)
             self.metrics_address = address
+
+    def limit(self, name: str, /, **options: Any) -> LimitSpec:
+        """Declare the rate budget of a limit key: ``limit("github",
+        rate="5000/h", burst=100)``.
+
+        *name* is a key that tasks list in ``limits``, or a template over
+        target arguments (``"github:{account}"``: one budget per account).
+        Options are those of ``LimitSpec.from_options``: ``rate``,
+        ``burst``, ``concurrency``, ``reset_format`` and the backoff and
+        circuit knobs. A key without a declared budget learns one from the
+        server. Raises ``ConfigError`` for a bad option.
+        """
+        spec = LimitSpec.from_options(**options)
+        self._limits[name] = spec
+        if self._http is not None:
+            self._http.declare(name, spec)
+        return spec
 
     def task(
         self,
@@ -248,6 +283,7 @@ class Engine:
         server = None
         try:
             await self._load_store()
+            self._open_http()
             self._start_schedules()
             if self.metrics_address is not None:
                 server = self._serve_metrics(self.metrics_address)
@@ -270,7 +306,12 @@ class Engine:
         finally:
             with trio.CancelScope(shield=True):
                 await self._flush_store()
-            self.metrics.update(self.statistics(), self._steering)
+                if self._http is not None:
+                    self._http_stats = self._http.statistics()
+                    await self._http.aclose()
+                    self._http = None
+                    self._dispatch.http_for = self._dispatch.on_resize = None
+            self.metrics.update(self.statistics(), self._steering, self._http_stats)
             if server is not None:
                 server.shutdown()
                 server.server_close()
@@ -293,6 +334,27 @@ class Engine:
             )
         self._dispatch.stop()
         self._stop_event.set()
+
+    def _open_http(self) -> None:
+        # The client's own pool is as large as the worker pool may grow;
+        # connection permits follow the pool's current size, so requests
+        # queue for a connection (lag) rather than time out.
+        layer = HttpLayer(
+            self._limits,
+            max_connections=self.max_workers,
+            transport=self._http_transport,
+        )
+        layer.set_max_connections(self.pool_size)
+        self._http = layer
+        self._dispatch.on_resize = layer.set_max_connections
+
+        def http_for(state: TargetState, deadline: float) -> TargetHttp:
+            task = state.task
+            return layer.for_target(
+                task.name, state.key, state.args, task.policy.limits, deadline
+            )
+
+        self._dispatch.http_for = http_for
 
     def _serve_metrics(self, address: str) -> Any:
         host, port = parse_address(address)
@@ -326,6 +388,8 @@ class Engine:
         state.removed = True
         state.generation += 1
         del task.targets[state.key]
+        if self._http is not None:
+            self._http.forget(task.name, state.key)
         self._store_ops.append(("remove", (task.name, state.key)))
         self._store_lot.unpark_all()
 
@@ -436,17 +500,36 @@ class Engine:
                     offset - last_offset,
                 )
             last_offset = offset
+            if self._http is not None:
+                self._http_stats = self._http.statistics()
+                floors = self._http.min_intervals()
+                for task in self.tasks.values():
+                    task.min_interval_s = floors.get(task.name, 0.0)
             self._steering.step(
                 trio.current_time(),
                 self.tasks.values(),
                 self._dispatch,
                 self._budgets(),
             )
-            self.metrics.update(await self._statistics_in_steps(), self._steering)
+            self.metrics.update(
+                await self._statistics_in_steps(), self._steering, self._http_stats
+            )
 
     def _budgets(self) -> dict[str, float | None]:
-        """Requests per second each limit key allows, declared or learned."""
-        return {}
+        """Requests per second each limit key allows, declared or learned.
+
+        Only plain keys: a template's budget is per credential, enforced
+        request by request, while the controller plans per task.
+        """
+        budgets: dict[str, float | None] = {
+            name: spec.rate.per_s if spec.rate is not None else None
+            for name, spec in self._limits.items()
+            if "{" not in name
+        }
+        for stats in self._http_stats:
+            if stats.key == stats.limit and "{" not in stats.key:
+                budgets[stats.key] = stats.capacity_per_s
+        return budgets
 
     @property
     def plan(self) -> ControlPlan | None:
@@ -546,6 +629,10 @@ class Engine:
 
     def target_statistics(self, task: str, key: str) -> TargetStatistics:
         """One target's state now; raises ``UnknownTargetError``."""
+        if task not in self.tasks:
+            raise UnknownTargetError(
+                f"no task named {task!r}; tasks: {', '.join(sorted(self.tasks))}"
+            )
         state = self.tasks[task]._get(key)
         now = self._now()
         if self.running:

@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ._headers import RateLimitInfo, parse_rate_limit_headers
 from ._ratelimit import KeyBudget, KeyStatistics, LimitSpec
-from .errors import ConfigError, SlapollError
+from .errors import ConfigError, RunDeadlineError, SlapollError
 
 if TYPE_CHECKING:
     from httpx._client import UseClientDefault
@@ -97,7 +97,7 @@ class CircuitOpenError(SlapollError, httpx.TransportError):
     """
 
 
-class DeadlineError(SlapollError, httpx.TimeoutException):
+class DeadlineError(RunDeadlineError, httpx.TimeoutException):
     """The run's deadline passed before the response was complete.
 
     Either the budget would only have a slot after the deadline (nothing
@@ -324,6 +324,14 @@ class HttpLayer:
     def min_interval(self, task: str, key: str) -> float | None:
         """The least poll interval the server asked for (X-Poll-Interval)."""
         return self._poll_intervals.get((task, key))
+
+    def min_intervals(self) -> dict[str, float]:
+        """Per task, the largest poll interval the server asked any target
+        of it for (X-Poll-Interval); tasks without one are left out."""
+        floors: dict[str, float] = {}
+        for (task, _), interval in self._poll_intervals.items():
+            floors[task] = max(floors.get(task, 0.0), interval)
+        return floors
 
     def forget(self, task: str, key: str) -> None:
         """Drop what is kept for a removed target (validators, interval)."""

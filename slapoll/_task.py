@@ -23,6 +23,7 @@ from .errors import ConfigError, UnknownTargetError, UsageError
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._http import TargetHttp
 
 __all__ = ["DEFAULT_TARGET_KEY", "RunContext", "TargetState", "Task", "TaskFunction"]
 
@@ -43,18 +44,45 @@ class RunContext:
     ``due_s`` and ``deadline_s`` are on the engine's clock
     (``trio.current_time()``); the run is cancelled at ``deadline_s``.
     ``attempt`` is 0 for a scheduled run and counts up for retries.
+    ``http`` is the engine's HTTP client for this run: every request draws
+    from the task's limit keys and is bounded by the deadline.
     """
 
-    __slots__ = ("attempt", "deadline_s", "due_s", "key", "task")
+    __slots__ = ("_http", "_http_for", "_state", "attempt", "deadline_s", "due_s")
 
     def __init__(
-        self, task: str, key: str, due_s: float, attempt: int, deadline_s: float
+        self,
+        state: TargetState,
+        due_s: float,
+        attempt: int,
+        deadline_s: float,
+        http_for: Callable[[TargetState, float], TargetHttp] | None,
     ) -> None:
-        self.task = task
-        self.key = key
+        self._state = state
         self.due_s = due_s
         self.attempt = attempt
         self.deadline_s = deadline_s
+        self._http_for = http_for
+        self._http: TargetHttp | None = None
+
+    @property
+    def task(self) -> str:
+        """The task's name."""
+        return self._state.task.name
+
+    @property
+    def key(self) -> str:
+        """The target's key."""
+        return self._state.key
+
+    @property
+    def http(self) -> TargetHttp:
+        """The HTTP client of this run (made on first use)."""
+        if self._http is None:
+            if self._http_for is None:
+                raise UsageError("ctx.http exists only in runs of a running engine")
+            self._http = self._http_for(self._state, self.deadline_s)
+        return self._http
 
     def __repr__(self) -> str:
         return (

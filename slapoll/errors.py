@@ -4,7 +4,10 @@
     ├── ConfigError (also ValueError)      a declaration or config value is wrong
     │   └── DurationError                  a duration string cannot be read
     ├── UsageError (also RuntimeError)     the API was used in the wrong order
-    └── UnknownTargetError (also KeyError) a target key that does not exist
+    ├── UnknownTargetError (also KeyError) a target key that does not exist
+    ├── RunDeadlineError                   a run's request outlived its deadline
+    │   └── DeadlineError (httpx.TimeoutException too, in slapoll._http)
+    └── CircuitOpenError (httpx.TransportError, in slapoll._http)
 
 Run failures are never raised out of the engine: they are recorded as the
 run's outcome.
@@ -15,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DurationError",
+    "RunDeadlineError",
     "SlapollError",
     "UnknownTargetError",
     "UsageError",
@@ -47,3 +51,8 @@ class UnknownTargetError(SlapollError, KeyError):
     def __str__(self) -> str:
         # KeyError.__str__ would show the repr of the whole message.
         return str(self.args[0]) if self.args else ""
+
+
+class RunDeadlineError(SlapollError):
+    """Work inside a run (a request, a wait for budget) passed the run's
+    deadline; the run counts as a timeout."""

@@ -24,7 +24,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ._control import ControlPlan
+from ._http import collect as collect_key_series
 from ._measure import BucketCounts
+from ._ratelimit import KeyStatistics
 from ._stats import EngineStatistics
 
 __all__ = ["EngineMetrics", "MeasuredTask"]
@@ -111,13 +113,21 @@ class EngineMetrics(Collector):
         self.registry = registry
         self._tasks = tasks
         self._stats: EngineStatistics | None = None
+        self._keys: tuple[KeyStatistics, ...] = ()
         self._plan: ControlPlan | None = None
         self._decisions: dict[str, int] = {}
         registry.register(self)
 
-    def update(self, stats: EngineStatistics, steering: SteeringState) -> None:
-        """Publish a statistics snapshot and the controller's latest plan."""
+    def update(
+        self,
+        stats: EngineStatistics,
+        steering: SteeringState,
+        keys: tuple[KeyStatistics, ...] = (),
+    ) -> None:
+        """Publish a statistics snapshot, the controller's latest plan and
+        the limit keys' budgets."""
         self._stats = stats
+        self._keys = keys
         self._plan = steering.plan
         self._decisions = dict(steering.decisions)
 
@@ -129,6 +139,7 @@ class EngineMetrics(Collector):
             yield from self._snapshot_series(stats)
         if self._plan is not None:
             yield from _plan_series(self._plan, self._decisions)
+        yield from collect_key_series(self._keys)
 
     def _run_series(self, tasks: Mapping[str, MeasuredTask]) -> Iterator[Metric]:
         runs = CounterMetricFamily(

@@ -1,0 +1,143 @@
+"""Runs talking HTTP through the engine: ctx.http, budgets, outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+import trio
+from prometheus_client import generate_latest
+
+import slapoll
+from slapoll import RunContext
+
+EngineFactory = Callable[..., slapoll.Engine]
+
+
+async def run_for(engine: slapoll.Engine, seconds: float) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(seconds)
+        engine.stop()
+
+
+async def test_requests_through_ctx_http_stay_inside_a_declared_budget(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """50 targets that want 5 requests/s share a 2/s budget: the server sees
+    at most the budget, and the waits show up as lag."""
+    sent: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(trio.current_time())
+        return httpx.Response(200, json={"ok": True})
+
+    engine = engine_factory(http_transport=httpx.MockTransport(handler))
+    engine.limit("api", rate="2/s", burst=1)
+
+    @engine.task(sla="60s", every="10s", limits=["api"])
+    async def poll(ctx: RunContext, n: int) -> None:
+        response = await ctx.http.get(f"http://api.test/feeds/{n}")
+        response.raise_for_status()
+
+    for i in range(50):
+        poll.add_target(f"feed:{i}", n=i)
+    await run_for(engine, 60)
+
+    assert sent
+    for start in range(int(max(sent))):
+        in_window = [t for t in sent if start <= t < start + 10]
+        assert len(in_window) <= 2 * 10 + 1
+    assert len(sent) >= 0.9 * 2 * 60
+    stats = engine.statistics().tasks["poll"]
+    assert stats.lag_p99_s > 1.0
+
+
+async def test_a_429_pauses_only_its_key(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """A 429 with Retry-After pauses one key; the other keeps its schedule."""
+    sent: dict[str, list[float]] = {"slow": [], "fast": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        api = request.url.host.split(".")[0]
+        sent[api].append(trio.current_time())
+        if api == "slow" and len(sent[api]) == 1:
+            return httpx.Response(429, headers={"Retry-After": "30"})
+        return httpx.Response(200)
+
+    engine = engine_factory(http_transport=httpx.MockTransport(handler))
+
+    def declare(api: str) -> None:
+        async def poll(ctx: RunContext) -> None:
+            response = await ctx.http.get(f"http://{api}.test/")
+            response.raise_for_status()
+
+        engine.task(name=api, sla="20s", every="5s", limits=[api], phase=0)(poll)
+
+    declare("slow")
+    declare("fast")
+    await run_for(engine, 29)
+
+    assert sent["slow"] == [0.0]
+    assert len(sent["fast"]) == 6
+    text = generate_latest(engine.registry).decode()
+    assert 'slapoll_http_429_total{key="slow"} 1.0' in text
+
+
+async def test_a_request_past_the_deadline_counts_as_a_timeout(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """A run whose request cannot finish by the run's deadline is a timeout."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(100)
+        return httpx.Response(200)
+
+    engine = engine_factory(http_transport=httpx.MockTransport(handler))
+
+    @engine.task(sla="30s", every="10s", timeout="2s", phase=0)
+    async def poll(ctx: RunContext) -> None:
+        await ctx.http.get("http://api.test/")
+
+    await run_for(engine, 5)
+
+    assert engine.statistics().tasks["poll"].runs["timeout"] == 1
+
+
+async def test_a_timeout_inside_a_nursery_of_the_run_is_a_timeout(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """Cancelled wrapped in an exception group by the run's own nursery is
+    still recognised as the run's timeout."""
+    engine = engine_factory()
+
+    @engine.task(sla="30s", every="10s", timeout="1s", phase=0)
+    async def fan_out(ctx: RunContext) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            nursery.start_soon(trio.sleep_forever)
+
+    await run_for(engine, 25)
+
+    runs = engine.statistics().tasks["fan_out"].runs
+    assert runs["timeout"] == 3
+    assert runs["error"] == 0
+
+
+def test_ctx_http_outside_a_running_engine_is_a_usage_error() -> None:
+    """A context made outside the engine has no HTTP client to give."""
+    engine = slapoll.Engine()
+
+    @engine.task(sla="1m")
+    async def poll(ctx: RunContext) -> None:
+        pass
+
+    from slapoll._task import RunContext as Context
+    from slapoll._task import TargetState
+
+    state = TargetState(poll, "k", {}, 0.0, 0.0)
+    ctx = Context(state, 0.0, 0, 1.0, None)
+    with pytest.raises(slapoll.UsageError, match=r"ctx\.http exists only"):
+        _ = ctx.http
