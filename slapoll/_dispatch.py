@@ -127,11 +127,12 @@ class Dispatcher:
         with trio.move_on_after(grace_s):
             await done.wait()
         if not done.is_set():
-            logger.warning(
-                "cancelling %d runs still in flight after the %.1fs grace",
-                self._workers_alive - self._workers_idle,
-                grace_s,
-            )
+            if self.busy_workers:
+                logger.warning(
+                    "cancelling %d runs still in flight after the %.1fs grace",
+                    self.busy_workers,
+                    grace_s,
+                )
             work_scope.cancel()
             await done.wait()
 

@@ -14,6 +14,7 @@ import bisect
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
@@ -110,7 +111,7 @@ class Engine:
         )
 
         self.running = False
-        self._store_ops: list[tuple[str, Any]] = []
+        self._store_ops: deque[tuple[str, Any]] = deque()
         self._store_lot = trio.lowlevel.ParkingLot()
         self._stop_event: trio.Event | None = None
         # The engine-clock instant of the wall-clock epoch: due-time grids
@@ -260,6 +261,9 @@ class Engine:
             max_concurrent=max_concurrent,
             phase=phase,
         )
+
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError(f"a task name must be a non-empty string, got {name!r}")
 
         def declare(fn: TaskFunction) -> Task:
             task_name = name or fn.__name__
@@ -445,12 +449,16 @@ class Engine:
             await self._store_lot.park()
 
     async def _flush_store(self) -> None:
-        while self._store_ops:
-            op, value = self._store_ops.pop(0)
+        ops = self._store_ops
+        while ops:
+            op, value = ops.popleft()
             if op == "put":
                 await self.store.put_target(value)
             else:
                 await self.store.remove_target(*value)
+            # A store that never blocks (memory) must still let runs start
+            # while a bulk change of many targets is written.
+            await trio.lowlevel.checkpoint()
 
     # -- the schedule --------------------------------------------------------
 

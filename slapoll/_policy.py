@@ -20,6 +20,10 @@ __all__ = ["OVERLAP_POLICIES", "Outcome", "Overlap", "TaskPolicy"]
 Overlap = Literal["skip", "queue_one", "allow"]
 OVERLAP_POLICIES: tuple[Overlap, ...] = ("skip", "queue_one", "allow")
 
+# Below these the engine would spend its time scheduling rather than
+# polling: no API is polled for freshness at sub-millisecond intervals.
+MIN_SLA_S = 0.01
+MIN_EVERY_S = 0.001
 # Retries wait 1 s, 2 s, 4 s, ... unless the task says otherwise.
 DEFAULT_RETRY_BACKOFF_S = 1.0
 
@@ -66,6 +70,15 @@ class TaskPolicy:
     def __attrs_post_init__(self) -> None:
         _positive("sla", self.sla_s)
         _positive("every", self.every_s)
+        if self.sla_s < MIN_SLA_S:
+            raise ConfigError(
+                f"sla must be at least {MIN_SLA_S * 1000:g}ms, got {self.sla_s!r}s"
+            )
+        if self.every_s is not None and self.every_s < MIN_EVERY_S:
+            raise ConfigError(
+                f"every must be at least {MIN_EVERY_S * 1000:g}ms, "
+                f"got {self.every_s!r}s"
+            )
         _positive("timeout", self.timeout_s)
         _positive("retry_backoff", self.retry_backoff_s)
         if self.phase_s is not None and not (

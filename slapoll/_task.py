@@ -177,7 +177,8 @@ class Task:
         self.fn = fn
         self.policy = policy
         self.targets: dict[str, TargetState] = {}
-        self.takes_arguments = _takes_target_arguments(fn)
+        self._signature = _TargetSignature.of(name, fn)
+        self.takes_arguments = self._signature.takes_arguments
         self.lag = SampleWindow()
         self.duration = SampleWindow()
         # Durations of successful runs only: those are what freshness waits
@@ -235,10 +236,7 @@ class Task:
         """
         if not isinstance(key, str) or not key:
             raise ConfigError(f"a target key must be a non-empty string, got {key!r}")
-        if args and not self.takes_arguments:
-            raise ConfigError(
-                f"task {self.name!r} takes no target arguments, got {sorted(args)!r}"
-            )
+        self._signature.check(args)
         self.engine._add_target(self, key, args)
 
     def remove_target(self, key: str) -> None:
@@ -280,6 +278,72 @@ class Task:
         return sum(1 for state in self.targets.values() if not state.paused)
 
 
-def _takes_target_arguments(fn: TaskFunction) -> bool:
-    params = list(inspect.signature(fn).parameters.values())[1:]
-    return bool(params)
+class _TargetSignature:
+    """Which target arguments a task's function takes, to check them early.
+
+    A function that cannot be called as ``await fn(ctx, **args)`` with a
+    target's arguments would fail on every run; these checks make it fail
+    when it is declared or the target is added instead.
+    """
+
+    def __init__(
+        self, task: str, required: set[str], optional: set[str], open_ended: bool
+    ) -> None:
+        self.task = task
+        self.required = required
+        self.allowed = required | optional
+        self.open_ended = open_ended
+
+    @property
+    def takes_arguments(self) -> bool:
+        return bool(self.allowed) or self.open_ended
+
+    @classmethod
+    def of(cls, task: str, fn: TaskFunction) -> _TargetSignature:
+        call = getattr(fn, "__call__", None)  # objects with an async __call__ too
+        if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)):
+            raise ConfigError(
+                f"task {task!r} must be an async function (async def), got {fn!r}"
+            )
+        params = list(inspect.signature(fn).parameters.values())
+        positional = (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
+        if not params or params[0].kind not in positional:
+            raise ConfigError(
+                f"task {task!r} must take the run context as its first "
+                "argument: async def fn(ctx, ...)"
+            )
+        required, optional, open_ended = set(), set(), False
+        for param in params[1:]:
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                open_ended = True
+            elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+                continue
+            elif param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                raise ConfigError(
+                    f"task {task!r}: target arguments are passed by name, so "
+                    f"{param.name!r} must not be positional-only"
+                )
+            elif param.default is inspect.Parameter.empty:
+                required.add(param.name)
+            else:
+                optional.add(param.name)
+        return cls(task, required, optional, open_ended)
+
+    def check(self, args: Mapping[str, object]) -> None:
+        """Raise ``ConfigError`` unless *args* fit the function."""
+        missing = sorted(self.required - set(args))
+        unknown = [] if self.open_ended else sorted(set(args) - self.allowed)
+        if missing or unknown:
+            problems = []
+            if missing:
+                problems.append(f"missing {', '.join(missing)}")
+            if unknown:
+                problems.append(f"unknown {', '.join(unknown)}")
+            takes = ", ".join(sorted(self.allowed)) or "none"
+            raise ConfigError(
+                f"target arguments of task {self.task!r}: {'; '.join(problems)} "
+                f"(it takes: {takes})"
+            )

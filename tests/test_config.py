@@ -190,7 +190,7 @@ def test_negative_expected_duration_is_rejected(tmp_path: Path) -> None:
 
 policies = st.builds(
     TaskPolicy,
-    sla_s=st.integers(1, 10**7).map(lambda ms: ms / 1000),
+    sla_s=st.integers(10, 10**7).map(lambda ms: ms / 1000),
     priority=st.integers(-5, 5),
     limits=st.lists(st.text("abc:-", min_size=1), max_size=3).map(tuple),
     timeout_s=st.none() | st.integers(1, 10**6).map(lambda ms: ms / 1000),
