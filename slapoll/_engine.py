@@ -581,6 +581,7 @@ class Engine:
             ready=self._dispatch.ready_count,
             tasks=tasks,
             clock_jumps=self._clock_jumps,
+            taken_at_unix_s=self._wall_clock(),
         )
 
     def _now(self) -> float:

@@ -65,6 +65,9 @@ class EngineStatistics:
     ready: int
     tasks: Mapping[str, TaskStatistics]
     clock_jumps: int
+    # When the snapshot was taken, by the wall clock: a metrics scrape can
+    # tell a fresh snapshot from one a blocked event loop left behind.
+    taken_at_unix_s: float = 0.0
 
     @property
     def runs_total(self) -> int:

@@ -188,6 +188,12 @@ class EngineMetrics(Collector):
             "Runs that are due and wait for a worker.",
             value=stats.ready,
         )
+        yield GaugeMetricFamily(
+            "slapoll_snapshot_timestamp_seconds",
+            "Unix time of the statistics these series come from; refreshed "
+            "every control period, so an old value means a stalled engine.",
+            value=stats.taken_at_unix_s,
+        )
         yield CounterMetricFamily(
             "slapoll_clock_jumps",
             "Times the wall clock moved against the monotonic clock by more "
