@@ -317,7 +317,10 @@ class Engine:
                     self._dispatch.http_for = self._dispatch.on_resize = None
             self.metrics.update(self.statistics(), self._steering, self._http_stats)
             if server is not None:
-                server.shutdown()
+                # shutdown() waits for the server thread's next poll (up to
+                # half a second): not on the event loop.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(server.shutdown)
                 server.server_close()
                 self.metrics_url = None
             self.running = False
