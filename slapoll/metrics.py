@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from ._control import ControlPlan
+from ._control import DECISION_KINDS, ControlPlan
 from ._http import collect as collect_key_series
 from ._measure import BucketCounts
 from ._ratelimit import KeyStatistics
@@ -265,6 +265,8 @@ def _plan_series(plan: ControlPlan, decisions: Mapping[str, int]) -> Iterator[Me
         "Controller decisions by kind (stretch, restore, infeasible, pool_grow...).",
         labels=["kind"],
     )
-    for kind, count in sorted(decisions.items()):
-        counted.add_metric([kind], count)
+    # Every kind from the start, at 0 until it happens: a counter that
+    # appears only on its first increment hides that first increase.
+    for kind in sorted(set(DECISION_KINDS) | set(decisions)):
+        counted.add_metric([kind], decisions.get(kind, 0))
     yield counted

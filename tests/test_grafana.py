@@ -43,33 +43,20 @@ RULES = GRAFANA / "prometheus" / "slapoll.rules.yml"
 RULE_TESTS = GRAFANA / "prometheus" / "slapoll.rules.test.yml"
 SCRAPE = GRAFANA / "prometheus" / "scrape.yml"
 
-# Metrics whose names are fixed but which the engine does not export yet
-# (rate limits, HTTP and the control loop). Panels and rules use them; a
-# live query that reads only these may come back empty and is reported as
-# pending. Once the engine exports one, its queries must return data.
-COMING_SOON = frozenset(
-    {
-        "slapoll_limit_capacity",
-        "slapoll_limit_remaining",
-        "slapoll_limit_wait_seconds_total",
-        "slapoll_http_responses_total",
-        "slapoll_http_429_total",
-        "slapoll_http_304_total",
-        "slapoll_limit_paused",
-        "slapoll_circuit_open",
-        "slapoll_interval_preferred_seconds",
-        "slapoll_interval_safe_seconds",
-        "slapoll_pool_target",
-        "slapoll_plan_feasible",
-        "slapoll_plan_deficit_requests_per_second",
-        "slapoll_desired_replicas",
-        "slapoll_control_decisions_total",
-    }
-)
+# Metrics whose names are fixed but which the engine does not export yet.
+# Panels and rules may use them; a live query that reads only these may come
+# back empty and is reported as pending. Once the engine exports one, its
+# queries must return data. Empty today: the engine exports every name.
+COMING_SOON: frozenset[str] = frozenset()
 
 # Metric families the engine exports that neither the dashboard nor the
-# rules use, each with the reason. Empty today: every family is charted.
-NOT_CHARTED: dict[str, str] = {}
+# rules use, each with the reason.
+NOT_CHARTED: dict[str, str] = {
+    "slapoll_header_warnings": (
+        "rate headers the engine could not read or had to clamp; a debugging "
+        "aid for one misbehaving API, whose WARNING log line names the header"
+    ),
+}
 
 # What Grafana would put in place of its variables, for a live query:
 # every task and key, a rate interval of ten 1 s scrapes, a range that
@@ -466,28 +453,59 @@ def live_run_settled(run: LiveRun) -> bool:
     )
 
 
-def declare_live_tasks(engine: slapoll.Engine) -> None:
-    """A feed task with failing, hanging and flaky targets; a healthy profile task.
+def live_upstream(request: httpx.Request) -> httpx.Response:
+    """The API the live engine polls, in process: what each user gets.
 
-    feed (SLA 2 s, every 1 s, timeout 1 s): user:0-2 answer in 20 ms,
-    user:3 always fails, user:4 always hangs past the timeout, user:5 hangs
-    on every third run. profile (SLA 5 s) has two healthy targets: it stays
-    under the burn-rate guard of 5 targets and within its SLA.
+    user:0 answers 304 once it has an ETag, user:3 answers 500, and the
+    partner API answers 429 with a long Retry-After, so every HTTP series
+    (status classes, 304s, 429s, a paused key) has data.
+    """
+    if request.url.host == "partner.test":
+        return httpx.Response(429, headers={"Retry-After": "600"})
+    # Rate headers on every answer, as GitHub-style APIs send them.
+    headers = {
+        "ETag": '"v1"',
+        "X-RateLimit-Limit": "3000",
+        "X-RateLimit-Remaining": "2999",
+        "X-RateLimit-Reset": "60",
+    }
+    n = int(request.url.path.rsplit("/", 1)[-1])
+    if n == 3:
+        return httpx.Response(500, headers=headers)
+    if n == 0 and request.headers.get("If-None-Match") == '"v1"':
+        return httpx.Response(304, headers=headers)
+    return httpx.Response(200, headers=headers, json={"user": n})
+
+
+def declare_live_tasks(engine: slapoll.Engine) -> None:
+    """A feed task with failing, hanging and flaky targets; a healthy profile
+    task; a partner task whose API keeps its key paused.
+
+    feed (SLA 2 s, every 1 s, timeout 1 s) polls through ctx.http on the
+    "api" key: user:0-2 answer at once, user:3 gets a 500, user:4 always
+    hangs past the timeout, user:5 hangs on every third run. profile (SLA
+    5 s) has two healthy targets: it stays under the burn-rate guard of 5
+    targets and within its SLA. partner's one target is answered 429.
     """
     attempts: dict[int, int] = {}
+    engine.limit("api", rate="50/s", burst=10)
 
     @engine.task(sla="2s", every="1s", timeout="1s", limits=["api"])
     async def feed(ctx: slapoll.RunContext, n: int) -> None:
         attempts[n] = attempts.get(n, 0) + 1
-        if n == 3:
-            raise RuntimeError("the upstream answered 500")
         if n == 4 or (n == 5 and attempts[n] % 3 == 0):
             await trio.sleep(5)
-        await trio.sleep(0.02)
+        response = await ctx.http.get(f"http://api.test/users/{n}")
+        if response.status_code >= 400:
+            raise RuntimeError(f"the upstream answered {response.status_code}")
 
     @engine.task(sla="5s", every="2s")
     async def profile(ctx: slapoll.RunContext, n: int) -> None:
         await trio.sleep(0.05)
+
+    @engine.task(sla="30s", every="5s", limits=["partner"])
+    async def partner(ctx: slapoll.RunContext) -> None:
+        await ctx.http.get("http://partner.test/status")
 
     for n in range(6):
         feed.add_target(f"user:{n}", n=n)
@@ -500,7 +518,10 @@ def declare_live_tasks(engine: slapoll.Engine) -> None:
 def open_engine(metrics_port: int) -> Iterator[slapoll.Engine]:
     """Run a real engine in a thread, on its own ``trio.run``, while inside."""
     engine = slapoll.Engine(
-        metrics_address=f"127.0.0.1:{metrics_port}", workers=8, shutdown_grace="1s"
+        metrics_address=f"127.0.0.1:{metrics_port}",
+        workers=8,
+        shutdown_grace="1s",
+        http_transport=httpx.MockTransport(live_upstream),
     )
     declare_live_tasks(engine)
     stop = threading.Event()
