@@ -254,9 +254,15 @@ class Dispatcher:
         sla_deadline = state.account.ref + policy.sla_s  # state.sla_deadline()
         entry = (sla_deadline, -policy.priority, next(self._seq), state, due, attempt)
         heapq.heappush(self._ready, entry)
-        # Wake a worker only for work no woken worker is already coming for:
-        # a worker woken for nothing costs two task switches.
-        if self._workers_waking < min(len(self._ready), self._workers_idle):
+        self._wake_a_worker()
+
+    def _wake_a_worker(self) -> None:
+        # One worker on its way at a time: it wakes the next as it takes its
+        # run, if more are ready (see _work). Runs that end at once are then
+        # taken by one worker in turn, instead of waking a worker each that
+        # finds nothing left and parks again (two task switches wasted);
+        # runs that block hand on to the next worker after one switch.
+        if not self._workers_waking and self._workers_idle:
             self._workers_waking += 1
             self._worker_lot.unpark()
 
@@ -304,6 +310,8 @@ class Dispatcher:
                         self._workers_waking -= 1
                 continue
             _, _, _, state, due, attempt = heapq.heappop(ready)
+            if ready:
+                self._wake_a_worker()
             state.queued = False
             if not state.removed and not state.paused:
                 await self._execute(state, due, attempt, slot)
