@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -208,6 +209,11 @@ class Engine:
                 parse_address(address)
             self.metrics_address = address
 
+    @property
+    def limits(self) -> Mapping[str, LimitSpec]:
+        """The budgets declared with ``limit()``, by key or template."""
+        return MappingProxyType(self._limits)
+
     def limit(self, name: str, /, **options: Any) -> LimitSpec:
         """Declare the rate budget of a limit key: ``limit("github",
         rate="5000/h", burst=100)``.
@@ -365,7 +371,12 @@ class Engine:
 
     def _serve_metrics(self, address: str) -> Any:
         host, port = parse_address(address)
-        server, _thread = start_http_server(port, host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {address!r}: {exc.strerror or exc}"
+            ) from None
         shown = f"[{host}]" if ":" in host else host
         self.metrics_url = f"http://{shown}:{server.server_port}/metrics"
         logger.info("metrics on %s", self.metrics_url)

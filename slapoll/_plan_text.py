@@ -5,6 +5,11 @@ declares (policies, target counts, expected durations, budgets) instead of
 what was measured; ``render_plan`` turns the plan for it into lines: per
 task the interval it would get and whether its SLA holds, per limit key the
 demand against the budget, the pool size and the replicas needed.
+
+A limit key template (``"github:{account}"``) has one budget per
+credential, which the controller does not plan for: its requests wait
+for budget instead. The plan shows it apart, holding the busiest
+credential's demand at the planned intervals against its budget.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ._control import (
     POOL_HEADROOM_FRACTION,
     ControlPlan,
     ControlSnapshot,
+    KeyPlan,
     LimitSnapshot,
     PoolSnapshot,
     TaskSnapshot,
@@ -27,6 +33,7 @@ from ._control import (
 from ._policy import TaskPolicy
 
 __all__ = [
+    "CredentialLimit",
     "DeclaredTask",
     "columns",
     "declared_snapshot",
@@ -40,6 +47,8 @@ _CAUSE_TEXT = {
     CAUSE_MARGINS: "no: runs outlast it",
     CAUSE_MIN_INTERVAL: "no: server minimum",
 }
+# A task drawing on a credential whose budget its targets there outgrow.
+_CREDENTIAL_SHORT_TEXT = "no: credential over budget"
 # Rates are shown per second, per minute or per hour, whichever first gives
 # at least one request: "1.389/s", "30/m", "3.6/h".
 _RATE_UNITS = (("s", 1.0), ("m", 60.0), ("h", 3600.0))
@@ -51,6 +60,9 @@ _SPAN_UNITS = (("h", 3600), ("m", 60), ("s", 1))
 # Figures are shown to four significant digits: enough to check the
 # arithmetic by hand, few enough to read at a glance.
 _DIGITS = 4
+# A demand this close above a budget still fits it: float sums of equal
+# rates need not add up exactly.
+_FIT_TOLERANCE = 1e-9
 
 
 @attrs.frozen
@@ -65,6 +77,36 @@ class DeclaredTask:
     policy: TaskPolicy
     targets: int
     expected_duration_s: float | None = None
+
+
+@attrs.frozen
+class CredentialLimit:
+    """A limit key template, whose every credential has a budget of its own.
+
+    ``budget_rps`` is each credential's declared rate (``None``: none
+    declared). ``credentials`` has one entry per credential the targets
+    declared in code resolve to: how many targets of each task draw on it.
+    The credentials themselves are never kept.
+    """
+
+    name: str
+    budget_rps: float | None
+    credentials: tuple[Mapping[str, int], ...] = ()
+
+
+@attrs.frozen
+class _CredentialDemand:
+    limit: CredentialLimit
+    busiest_rps: float
+    busiest_at_sla_rps: float
+    tasks: tuple[str, ...]
+
+    @property
+    def deficit_rps(self) -> float:
+        budget = self.limit.budget_rps
+        if budget is None or self.busiest_at_sla_rps <= budget * (1 + _FIT_TOLERANCE):
+            return 0.0
+        return self.busiest_at_sla_rps - budget
 
 
 def declared_snapshot(
@@ -99,36 +141,53 @@ def render_plan(
     plan: ControlPlan,
     *,
     unknown_durations: Sequence[str] = (),
+    credential_limits: Sequence[CredentialLimit] = (),
 ) -> list[str]:
     """The lines ``check`` prints for *plan*, made from *snapshot*.
 
     *unknown_durations* names tasks whose duration nobody declared, so the
-    reader knows which figures assume instant runs.
+    reader knows which figures assume instant runs. *credential_limits*
+    are the limit key templates, shown per credential rather than as keys.
     """
+    demands = [_credential_demand(snapshot, plan, limit) for limit in credential_limits]
+    short = {task for demand in demands if demand.deficit_rps for task in demand.tasks}
+    templates = {limit.name for limit in credential_limits}
+    keys = [key for key in plan.keys if key.name not in templates]
     lines = ["capacity plan, from the declared figures:"]
-    lines.extend(_task_table(snapshot, plan, set(unknown_durations)))
-    if plan.keys:
+    lines.extend(_task_table(snapshot, plan, set(unknown_durations), short))
+    if keys:
         lines.append("")
-        lines.extend(_key_table(plan))
+        lines.extend(_key_table(keys))
+    if demands:
+        lines.append("")
+        lines.extend(_credential_table(demands))
     lines.append("")
     lines.extend(_pool_lines(snapshot, plan))
     if unknown_durations:
         names = ", ".join(sorted(unknown_durations))
         lines.append(f"no expected_duration for {names}: their runs count as instant;")
         lines.append("  set expected_duration in [tasks.NAME] for a truer plan")
-    lines.append(_verdict(plan))
+    lines.append(_verdict(plan, demands))
     return lines
 
 
 def _task_table(
-    snapshot: ControlSnapshot, plan: ControlPlan, unknown: set[str]
+    snapshot: ControlSnapshot,
+    plan: ControlPlan,
+    unknown: set[str],
+    credential_short: set[str],
 ) -> list[str]:
     rows = [("task", "targets", "duration", "interval", "sla-safe", "sla kept")]
     # In the snapshot's order, which for `check` is the order of declaration.
     for declared in snapshot.tasks:
         task = plan.task(declared.name)
         duration = "?" if task.name in unknown else _seconds(declared.duration_mean_s)
-        kept = "yes" if task.cause is None else _CAUSE_TEXT[task.cause]
+        if task.cause is not None:
+            kept = _CAUSE_TEXT[task.cause]
+        elif task.name in credential_short:
+            kept = _CREDENTIAL_SHORT_TEXT
+        else:
+            kept = "yes"
         rows.append(
             (
                 task.name,
@@ -142,9 +201,9 @@ def _task_table(
     return columns(rows)
 
 
-def _key_table(plan: ControlPlan) -> list[str]:
+def _key_table(keys: Sequence[KeyPlan]) -> list[str]:
     rows = [("limit", "budget", "demand", "at sla-safe", "fits")]
-    for key in plan.keys:
+    for key in keys:
         if key.budget_rps is None:
             budget, fits = "unlimited", "yes"
         else:
@@ -158,6 +217,53 @@ def _key_table(plan: ControlPlan) -> list[str]:
                 budget,
                 format_rate(key.demand_rps),
                 format_rate(key.demand_at_sla_rps),
+                fits,
+            )
+        )
+    return columns(rows)
+
+
+def _credential_demand(
+    snapshot: ControlSnapshot, plan: ControlPlan, limit: CredentialLimit
+) -> _CredentialDemand:
+    """The busiest credential's demand at the planned and SLA-safe intervals."""
+    per_run = {task.name: task.requests_per_run for task in snapshot.tasks}
+    planned = {task.name: task.interval_s for task in plan.tasks}
+    safe = {task.name: task.sla_safe_interval_s for task in plan.tasks}
+
+    def demand(targets: Mapping[str, int], intervals: Mapping[str, float]) -> float:
+        return sum(n * per_run[task] / intervals[task] for task, n in targets.items())
+
+    tasks = sorted({task for targets in limit.credentials for task in targets})
+    return _CredentialDemand(
+        limit,
+        busiest_rps=max((demand(c, planned) for c in limit.credentials), default=0.0),
+        busiest_at_sla_rps=max(
+            (demand(c, safe) for c in limit.credentials), default=0.0
+        ),
+        tasks=tuple(tasks),
+    )
+
+
+def _credential_table(demands: Sequence[_CredentialDemand]) -> list[str]:
+    rows = [
+        ("per credential", "budget", "credentials", "busiest", "at sla-safe", "fits")
+    ]
+    for demand in demands:
+        limit = demand.limit
+        if limit.budget_rps is None:
+            budget, fits = "unlimited", "yes"
+        else:
+            budget = format_rate(limit.budget_rps)
+            deficit = demand.deficit_rps
+            fits = f"no: {format_rate(deficit)} short" if deficit else "yes"
+        rows.append(
+            (
+                limit.name,
+                budget,
+                str(len(limit.credentials)),
+                format_rate(demand.busiest_rps),
+                format_rate(demand.busiest_at_sla_rps),
                 fits,
             )
         )
@@ -184,15 +290,25 @@ def _pool_lines(snapshot: ControlSnapshot, plan: ControlPlan) -> list[str]:
     return lines
 
 
-def _verdict(plan: ControlPlan) -> str:
-    if plan.feasible:
+def _verdict(plan: ControlPlan, demands: Sequence[_CredentialDemand]) -> str:
+    short = [demand for demand in demands if demand.deficit_rps]
+    if plan.feasible and not short:
         return "plan: every SLA can be kept"
     missing = [
         f"{key.name} short by {format_rate(key.deficit_rps)}"
         for key in plan.keys
         if not key.feasible
     ]
-    losing = [task.name for task in plan.tasks if not task.sla_feasible]
+    missing.extend(
+        f"{demand.limit.name} short by {format_rate(demand.deficit_rps)} "
+        "for its busiest credential"
+        for demand in short
+    )
+    # The controller does not stretch intervals for a credential's budget:
+    # its requests wait instead, and every task drawing on it may run late.
+    at_risk = {task.name for task in plan.tasks if not task.sla_feasible}
+    at_risk.update(task for demand in short for task in demand.tasks)
+    losing = [task.name for task in plan.tasks if task.name in at_risk]
     text = f"plan: SLA at risk for {', '.join(losing)}"
     return f"{text} ({'; '.join(missing)})" if missing else text
 

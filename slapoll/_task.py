@@ -300,7 +300,8 @@ class _TargetSignature:
 
     @classmethod
     def of(cls, task: str, fn: TaskFunction) -> _TargetSignature:
-        call = getattr(fn, "__call__", None)  # objects with an async __call__ too
+        # Objects whose __call__ is async are tasks too.
+        call = type(fn).__call__ if callable(fn) else None
         if not (inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)):
             raise ConfigError(
                 f"task {task!r} must be an async function (async def), got {fn!r}"

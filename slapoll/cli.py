@@ -1,16 +1,21 @@
 """The ``slapoll`` command: run an engine from a config file, check one, demo.
 
-Exit codes: 0 done; 1 ``check`` found the config invalid; 2 a usage or
-config error stopped ``run`` or ``demo`` before anything started.
+Exit codes: 0 done; 1 ``check`` found a problem with the config (the file,
+the app it names, its metrics address); 2 a usage or config error (a busy
+metrics port too) stopped ``run`` or ``demo`` before anything started.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
+import socket
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import click
@@ -18,12 +23,28 @@ import trio
 
 from ._control import PoolSnapshot, plan
 from ._durations import format_duration, parse_duration
-from ._engine import DEFAULT_METRICS_ADDRESS, Engine, parse_address
-from ._plan_text import DeclaredTask, columns, declared_snapshot, render_plan
+from ._engine import DEFAULT_METRICS_ADDRESS, Engine
+from ._http import resolve_key
+from ._plan_text import (
+    CredentialLimit,
+    DeclaredTask,
+    columns,
+    declared_snapshot,
+    render_plan,
+)
 from ._policy import TaskPolicy
 from ._runner import run_until_signalled
-from ._task import Task
-from .config import Address, Config, apply_config, load_config, load_engine
+from ._task import DEFAULT_TARGET_KEY, Task
+from .config import (
+    Address,
+    Config,
+    apply_config,
+    check_metrics_address,
+    declared_limits,
+    is_template,
+    load_config,
+    load_engine,
+)
 from .errors import ConfigError
 
 __all__ = ["main"]
@@ -37,6 +58,16 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 # A few thousand targets: enough to show scheduling at scale, few enough for
 # one process and the sandbox to share two cores.
 _DEMO_TARGETS = 3000
+# httpx logs every request at INFO with its full URL, query string and all
+# (tokens in it would leak); httpcore logs connections at DEBUG. Below
+# --log-level debug both keep to warnings.
+_HTTP_LOGGERS = ("httpx", "httpcore")
+# How a failed bind of the metrics address reads, by errno.
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "is already in use",
+    errno.EADDRNOTAVAIL: "is not an address of this machine",
+    errno.EACCES: "is not allowed for this user",
+}
 
 
 class _DurationType(click.ParamType[float]):
@@ -64,7 +95,7 @@ class _AddressType(click.ParamType[str]):
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> str:
         try:
-            parse_address(str(value))
+            check_metrics_address(str(value))
         except ConfigError as exc:
             self.fail(str(exc).removeprefix("metrics_address "), param, ctx)
         return str(value)
@@ -81,7 +112,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=click.Path(path_type=Path))
 @click.option(
     "--metrics-address",
     type=_ADDRESS,
@@ -105,15 +136,21 @@ def run(
 ) -> None:
     """Run the engine CONFIG names until SIGINT or SIGTERM.
 
-    The first signal stops gracefully (in-flight runs get the shutdown
-    grace); a second one cancels them at once.
+    Metrics are served on the config's metrics_address, else on
+    127.0.0.1:9464. The first signal stops gracefully (in-flight runs get
+    the shutdown grace); a second one cancels them at once.
     """
     try:
         engine = _prepare(config, metrics_address)
+        if engine.metrics_address is not None:
+            _probe_metrics_address(engine.metrics_address)
     except ConfigError as exc:
         _fail(exc, _EXIT_USAGE)
 
     logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+    http_level = logging.NOTSET if log_level == "debug" else logging.WARNING
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(http_level)
     trio.run(_run_engine, engine, duration)
 
 
@@ -133,17 +170,23 @@ async def _run_engine(engine: Engine, duration_s: float | None) -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", type=click.Path(path_type=Path))
 def check(config: Path) -> None:
-    """Check CONFIG and print what would run; exit 1 if it is invalid."""
+    """Check CONFIG and print what would run; exit 1 if it is invalid.
+
+    The metrics address must resolve; whether its port is free is left to
+    `run` (the engine being checked may be the one serving it now).
+    """
     try:
         loaded = load_config(config)
         engine = load_engine(loaded)
         apply_config(loaded, engine)
+        _resolve_metrics_address(engine.metrics_address or DEFAULT_METRICS_ADDRESS)
+        description = _describe(loaded, engine)
     except ConfigError as exc:
         _fail(exc, _EXIT_INVALID)
 
-    click.echo(_describe(loaded, engine))
+    click.echo(description)
 
 
 @main.command()
@@ -168,12 +211,17 @@ def check(config: Path) -> None:
     help="How many feeds to keep fresh.",
 )
 def demo(duration: float | None, metrics_address: str, targets: int) -> None:
-    """Poll a local sandbox API and show the SLAs holding."""
+    """Poll a local sandbox API and show the SLAs holding.
+
+    Metrics are served on 127.0.0.1:9464 unless --metrics-address says
+    otherwise.
+    """
     # Imported here: the demo pulls in the sandbox, which no other command
     # needs.
     from .demo import run_demo
 
     try:
+        _probe_metrics_address(metrics_address)
         trio.run(
             functools.partial(
                 run_demo,
@@ -188,8 +236,6 @@ def demo(duration: float | None, metrics_address: str, targets: int) -> None:
 
 def _prepare(path: Path, metrics_address: str | None) -> Engine:
     config = load_config(path)
-    if metrics_address is None and config.engine.metrics_address is None:
-        metrics_address = DEFAULT_METRICS_ADDRESS
     if metrics_address is not None:
         config = attrs.evolve(
             config,
@@ -199,7 +245,52 @@ def _prepare(path: Path, metrics_address: str | None) -> Engine:
         )
     engine = load_engine(config)
     apply_config(config, engine)
+    if engine.metrics_address is None:
+        # Neither the option, the config nor the code chose: the default.
+        engine.configure(metrics_address=DEFAULT_METRICS_ADDRESS)
     return engine
+
+
+def _resolve_metrics_address(
+    address: str,
+) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    """The address family and socket address *address* resolves to first.
+
+    That is the one ``prometheus_client`` binds. Raises ``ConfigError``
+    when the host cannot be one or does not resolve.
+    """
+    host, port = check_metrics_address(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"metrics address {address} cannot be resolved ({reason})"
+        ) from None
+    family, _type, _proto, _name, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _probe_metrics_address(address: str) -> None:
+    """Bind *address* as the metrics server will, and let go of it at once.
+
+    Raises ``ConfigError`` saying why it cannot be bound (in use, not an
+    address of this machine), before the engine starts and fails deep
+    inside its run.
+    """
+    family, sockaddr = _resolve_metrics_address(address)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            if os.name != "nt":
+                # As http.server does: a port left in TIME_WAIT is free.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+    except OSError as exc:
+        what = _BIND_ERRORS.get(exc.errno or 0, "cannot be bound")
+        raise ConfigError(
+            f"metrics address {address} {what} ({exc.strerror or exc}); "
+            "serve metrics elsewhere with --metrics-address HOST:PORT"
+        ) from None
 
 
 def _fail(error: ConfigError, code: int) -> NoReturn:
@@ -210,15 +301,12 @@ def _fail(error: ConfigError, code: int) -> NoReturn:
 # -- describing what would run ---------------------------------------------
 
 
-def _describe(
-    config: Config,
-    engine: Engine,
-    budgets_rps: Mapping[str, float | None] | None = None,
-) -> str:
+def _describe(config: Config, engine: Engine) -> str:
     """What ``check`` prints: the engine's knobs, one row per task, the plan.
 
-    *budgets_rps* are the limit keys' budgets in requests per second; by
-    default those the config declares.
+    The plan holds the tasks against the budgets declared for their limit
+    keys, in the config or in code. Raises ``ConfigError`` when a limit key
+    template names an argument that a target declared in code lacks.
     """
     grace = format_duration(engine.shutdown_grace_s)
     period = format_duration(engine.control_period_s)
@@ -240,25 +328,62 @@ def _describe(
     )
     lines.extend(columns(rows))
     lines.append("")
-    if budgets_rps is None:
-        budgets_rps = _declared_budgets(config)
-    lines.extend(_capacity_plan(config, engine, budgets_rps))
+    lines.extend(_capacity_plan(config, engine))
     targets = sum(_targets(task) for task in engine.tasks.values())
     lines.append("")
     lines.append(f"ok: {len(engine.tasks)} tasks, {targets} targets declared in code")
     return "\n".join(lines)
 
 
-def _declared_budgets(config: Config) -> dict[str, float | None]:
-    # Budgets from [limits.NAME] tables are not read yet: until the config
-    # declares them, every limit key counts as unlimited in the plan, so a
-    # budget too small for the SLAs goes unreported by `check`.
-    return {}
+def _declared_budgets(engine: Engine) -> dict[str, float | None]:
+    """Requests per second each plain limit key may send, as declared.
+
+    ``None`` for a key declared without a rate. Templates are left out:
+    their budget is per credential, not one for all.
+    """
+    return {
+        name: None if spec.rate is None else spec.rate.per_s
+        for name, spec in declared_limits(engine).items()
+        if not is_template(name)
+    }
 
 
-def _capacity_plan(
-    config: Config, engine: Engine, budgets_rps: Mapping[str, float | None]
-) -> list[str]:
+def _credential_limits(engine: Engine) -> list[CredentialLimit]:
+    """Each limit key template, declared or drawn on, with its credentials.
+
+    Credentials are the keys the template resolves to for the targets
+    declared in code; only how many targets share one is kept.
+    """
+    declared = declared_limits(engine)
+    names = {name for name in declared if is_template(name)}
+    names.update(
+        name
+        for task in engine.tasks.values()
+        for name in task.policy.limits
+        if is_template(name)
+    )
+    limits = []
+    for name in sorted(names):
+        credentials: dict[str, Counter[str]] = {}
+        for task in engine.tasks.values():
+            if name not in task.policy.limits:
+                continue
+            for key, args in _declared_targets(task):
+                resolved = resolve_key(name, args, task=task.name, target=key)
+                credentials.setdefault(resolved.identity, Counter())[task.name] += 1
+        spec = declared.get(name)
+        budget = None if spec is None or spec.rate is None else spec.rate.per_s
+        limits.append(CredentialLimit(name, budget, tuple(credentials.values())))
+    return limits
+
+
+def _declared_targets(task: Task) -> list[tuple[str, Mapping[str, object]]]:
+    if not task.targets and not task.takes_arguments:
+        return [(DEFAULT_TARGET_KEY, {})]
+    return [(key, state.args) for key, state in task.targets.items()]
+
+
+def _capacity_plan(config: Config, engine: Engine) -> list[str]:
     """The controller's plan for the declared figures, as lines of text."""
     expected = config.expected_durations()
     declared = [
@@ -270,9 +395,16 @@ def _capacity_plan(
         max_size=engine.max_workers,
         size=engine.pool_size,
     )
-    snapshot = declared_snapshot(declared, budgets_rps=budgets_rps, pool=pool)
+    snapshot = declared_snapshot(
+        declared, budgets_rps=_declared_budgets(engine), pool=pool
+    )
     unknown = [task.name for task in declared if task.expected_duration_s is None]
-    return render_plan(snapshot, plan(snapshot), unknown_durations=unknown)
+    return render_plan(
+        snapshot,
+        plan(snapshot),
+        unknown_durations=unknown,
+        credential_limits=_credential_limits(engine),
+    )
 
 
 def _targets(task: Task) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import sys
 import types
 from collections.abc import Iterator
@@ -320,13 +322,13 @@ def test_check_prints_the_capacity_plan_after_the_table(config: Path) -> None:
 
 
 @pytest.mark.usefixtures("isolated_imports")
-def test_check_reports_a_budget_too_small_for_the_slas(
-    config: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_check_reports_a_budget_too_small_for_the_slas(config: Path) -> None:
     # At its 900 ms safe bound feed's 2 targets draw 2.222/s; 2/s is short
     # by 0.2222/s, 13.33 a minute.
-    monkeypatch.setattr("slapoll.cli._declared_budgets", lambda _: {"api": 2.0})
-    config.write_text(config.read_text() + 'expected_duration = "100ms"\n')
+    config.write_text(
+        config.read_text()
+        + 'expected_duration = "100ms"\n[limits.api]\nrate = "120/m"\n'
+    )
 
     result = invoke("check", str(config))
 
@@ -345,3 +347,340 @@ def test_check_rejects_a_bad_expected_duration(config: Path) -> None:
 
     assert result.exit_code == 1
     assert "tasks.feed.expected_duration must be a duration" in result.stderr
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_plans_against_a_limit_declared_in_code(config: Path) -> None:
+    # Runs count as instant: feed's 2 targets draw 2/s at the 1 s SLA.
+    for app in config.parent.glob("app_*.py"):
+        app.write_text(APP + 'engine.limit("api", rate="1/s")\n')
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 0, result.output
+    assert "api    1/s     1/s     2/s          no: 1/s short" in result.stdout
+
+
+TEMPLATE_APP = """
+import slapoll
+
+engine = slapoll.Engine()
+
+
+@engine.task(sla="1m", every="10s", limits=["gh:{account}"])
+async def repos(ctx, account, token):
+    pass
+
+
+for i, account in enumerate(["ann", "ann", "ann", "bob"]):
+    repos.add_target(f"r{i}", account=account, token=f"secret-{i}")
+"""
+
+
+@pytest.fixture
+def template_config(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A config whose app draws on the limit key template "gh:{account}"."""
+    module = f"tapp_{request.node.name}"
+    (tmp_path / f"{module}.py").write_text(TEMPLATE_APP, encoding="utf-8")
+    path = tmp_path / "slapoll.toml"
+    path.write_text(
+        f'[engine]\napp = "{module}:engine"\n'
+        '[tasks.repos]\nexpected_duration = "1s"\n'
+        '[limits."gh:{account}"]\nrate = "10/m"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_shows_a_template_budget_per_credential(template_config: Path) -> None:
+    # ann's 3 targets draw 18/m every 10 s and 3.051/m at the 59 s safe
+    # bound: within the 10/m each account has.
+    result = invoke("check", str(template_config))
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[
+        lines.index("per credential  budget  credentials  busiest  at sla-safe  fits")
+        + 1
+    ] == ("gh:{account}    10/m    2            18/m     3.051/m      yes")
+    assert not any(line.startswith("limit ") for line in lines)
+    assert "secret" not in result.stdout
+    assert "ann" not in result.stdout
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_rejects_a_template_argument_a_target_lacks(
+    template_config: Path,
+) -> None:
+    text = template_config.read_text().replace("gh:{account}", "gh:{org}")
+    template_config.write_text(text, encoding="utf-8")
+    for app in template_config.parent.glob("tapp_*.py"):
+        app.write_text(TEMPLATE_APP.replace("gh:{account}", "gh:{org}"))
+
+    result = invoke("check", str(template_config))
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: limit key template 'gh:{org}' of task 'repos' needs the argument "
+        "'org', which target 'r0' does not have; its arguments are "
+        "['account', 'token']\n"
+    )
+
+
+def test_check_directory_exits_1(tmp_path: Path) -> None:
+    result = invoke("check", str(tmp_path))
+
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {tmp_path}: is a directory, not a config file\n"
+
+
+def test_run_directory_exits_2(tmp_path: Path) -> None:
+    result = invoke("run", str(tmp_path))
+
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {tmp_path}: is a directory, not a config file\n"
+
+
+# -- the metrics address ------------------------------------------------------
+
+
+@pytest.fixture
+def busy_address() -> Iterator[str]:
+    """HOST:PORT of a port something else listens on."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def in_use(address: str) -> str:
+    return (
+        f"error: metrics address {address} is already in use (Address already in "
+        "use); serve metrics elsewhere with --metrics-address HOST:PORT\n"
+    )
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_run_on_a_busy_metrics_port_exits_2_in_one_line(
+    config: Path, busy_address: str
+) -> None:
+    result = invoke(
+        "run", str(config), "--duration", "0s", "--metrics-address", busy_address
+    )
+
+    assert result.exit_code == 2
+    assert result.stderr == in_use(busy_address)
+    assert app_module(config).runs == []
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_run_on_a_busy_port_from_the_config_exits_2(
+    config: Path, busy_address: str
+) -> None:
+    config.write_text(
+        config.read_text().replace("127.0.0.1:0", busy_address), encoding="utf-8"
+    )
+
+    result = invoke("run", str(config), "--duration", "0s")
+
+    assert result.exit_code == 2
+    assert result.stderr == in_use(busy_address)
+
+
+def test_demo_on_a_busy_metrics_port_exits_2_in_one_line(
+    demo_calls: list[dict[str, object]], busy_address: str
+) -> None:
+    result = invoke("demo", "--metrics-address", busy_address)
+
+    assert result.exit_code == 2
+    assert result.stderr == in_use(busy_address)
+    assert demo_calls == []
+
+
+@pytest.fixture
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every host name fail to resolve, as one that does not exist."""
+
+    def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+UNRESOLVED = (
+    "error: metrics address nosuchhost.invalid:9464 cannot be resolved "
+    "(Name or service not known)\n"
+)
+
+
+@pytest.mark.usefixtures("isolated_imports", "no_dns")
+def test_run_with_a_metrics_host_that_does_not_resolve_exits_2(config: Path) -> None:
+    result = invoke(
+        "run",
+        str(config),
+        "--duration",
+        "0s",
+        "--metrics-address",
+        "nosuchhost.invalid:9464",
+    )
+
+    assert result.exit_code == 2
+    assert result.stderr == UNRESOLVED
+
+
+@pytest.mark.usefixtures("no_dns")
+def test_demo_with_a_metrics_host_that_does_not_resolve_exits_2(
+    demo_calls: list[dict[str, object]],
+) -> None:
+    result = invoke("demo", "--metrics-address", "nosuchhost.invalid:9464")
+
+    assert result.exit_code == 2
+    assert result.stderr == UNRESOLVED
+    assert demo_calls == []
+
+
+@pytest.mark.usefixtures("isolated_imports", "no_dns")
+def test_check_with_a_metrics_host_that_does_not_resolve_exits_1(
+    config: Path,
+) -> None:
+    config.write_text(
+        config.read_text().replace("127.0.0.1:0", "nosuchhost.invalid:9464"),
+        encoding="utf-8",
+    )
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == UNRESOLVED
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_does_not_mind_a_busy_metrics_port(
+    config: Path, busy_address: str
+) -> None:
+    # The engine being checked may be the one listening there.
+    config.write_text(
+        config.read_text().replace("127.0.0.1:0", busy_address), encoding="utf-8"
+    )
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("host", ["999.999.0.1", "no such host"])
+def test_check_with_a_metrics_host_that_cannot_be_one_exits_1(
+    config: Path, host: str
+) -> None:
+    config.write_text(
+        config.read_text().replace("127.0.0.1:0", f"{host}:9464"), encoding="utf-8"
+    )
+
+    result = invoke("check", str(config))
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {config}: engine.metrics_address must be HOST:PORT where HOST "
+        f"is an IP address or a host name, got '{host}:9464'\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_metrics_address_option_that_cannot_be_one_is_a_usage_error(
+    config: Path, command: str
+) -> None:
+    args = [command, str(config)] if command == "run" else [command]
+
+    result = invoke(*args, "--metrics-address", "999.999.0.1:9464")
+
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for '--metrics-address': must be HOST:PORT where HOST is "
+        "an IP address or a host name, got '999.999.0.1:9464'"
+    ) in result.stderr
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_run_serves_metrics_where_the_code_says_when_the_config_is_silent(
+    config: Path,
+) -> None:
+    module = load_config(config).engine.app or ""
+    app = config.parent / f"{module.partition(':')[0]}.py"
+    app.write_text(
+        APP.replace(
+            "slapoll.Engine(workers=2)",
+            'slapoll.Engine(workers=2, metrics_address="127.0.0.1:0")',
+        )
+    )
+    config.write_text(config.read_text().replace('metrics_address = "127.0.0.1:0"', ""))
+
+    result = invoke("run", str(config), "--duration", "0s")
+
+    assert result.exit_code == 0, result.output
+    assert app_module(config).engine.metrics_address == "127.0.0.1:0"
+
+
+# -- logging ------------------------------------------------------------------
+
+HTTP_APP = """
+import httpx
+import slapoll
+
+engine = slapoll.Engine(
+    workers=2,
+    http_transport=httpx.MockTransport(lambda request: httpx.Response(200)),
+)
+
+
+@engine.task(sla="1s", every="50ms")
+async def feed(ctx):
+    await ctx.http.get("https://api.example/feed?token=s3cret")
+"""
+
+
+@pytest.fixture
+def http_config(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A config whose app sends requests with a token in the URL; the
+    levels of httpx's loggers are put back afterwards."""
+    module = f"happ_{request.node.name}".replace("[", "_").replace("]", "_")
+    (tmp_path / f"{module}.py").write_text(HTTP_APP, encoding="utf-8")
+    path = tmp_path / "slapoll.toml"
+    path.write_text(
+        f'[engine]\napp = "{module}:engine"\nmetrics_address = "127.0.0.1:0"\n',
+        encoding="utf-8",
+    )
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
+    levels = [logger.level for logger in loggers]
+    yield path
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_run_keeps_request_urls_out_of_the_log_at_info(
+    http_config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    result = invoke("run", str(http_config), "--duration", "300ms")
+
+    assert result.exit_code == 0, result.output
+    assert "engine started" in caplog.text
+    assert "s3cret" not in caplog.text
+    assert "s3cret" not in result.output
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_run_logs_request_urls_at_debug(
+    http_config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    result = invoke(
+        "run", str(http_config), "--duration", "300ms", "--log-level", "debug"
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "GET https://api.example/feed?token=s3cret" in caplog.text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -15,11 +17,14 @@ from hypothesis import strategies as st
 
 import slapoll
 from slapoll import ConfigError, TaskPolicy, format_duration
+from slapoll._ratelimit import LimitSpec, Rate
 from slapoll.config import (
     Config,
     EngineConfig,
+    LimitConfig,
     TaskConfig,
     apply_config,
+    declared_limits,
     load_config,
     load_engine,
 )
@@ -262,7 +267,7 @@ def test_unknown_top_level_table_is_rejected(tmp_path: Path) -> None:
         ConfigError,
         match=re.escape(
             "unknown key 'task' (did you mean 'tasks'?); "
-            "allowed at the top level: engine, tasks"
+            "allowed at the top level: engine, tasks, limits"
         ),
     ):
         load_config(write(tmp_path, '[task.feed]\nsla = "5s"\n'))
@@ -425,6 +430,13 @@ def test_invalid_toml_reports_the_line(tmp_path: Path) -> None:
         load_config(write(tmp_path, '[engine]\nworkers = 3\napp = "a\n'))
 
 
+def test_directory_is_reported_as_not_a_config_file(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{tmp_path}: is a directory, not a config file")
+    ):
+        load_config(tmp_path)
+
+
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError, match=re.escape(f"{tmp_path / 'nope.toml'}: no such config file")
@@ -448,7 +460,38 @@ def test_bad_metrics_address_is_rejected(tmp_path: Path, address: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["127.0.0.1:9464", "0.0.0.0:0", "[::1]:65535", "localhost:80"]
+    "address",
+    [
+        "999.999.0.1:9464",
+        "no such host:9464",
+        "1:9464",
+        "-bad.example:9464",
+        "a..b:9464",
+    ],
+)
+def test_metrics_address_that_cannot_be_a_host_is_rejected(
+    tmp_path: Path, address: str
+) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "slapoll.toml: engine.metrics_address must be HOST:PORT where HOST "
+            f"is an IP address or a host name, got {address!r}"
+        ),
+    ):
+        load_config(write(tmp_path, f'[engine]\nmetrics_address = "{address}"\n'))
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1:9464",
+        "0.0.0.0:0",
+        "[::1]:65535",
+        "localhost:80",
+        "metrics.example.com:9464",
+        "metrics_sidecar:9464",
+    ],
 )
 def test_good_metrics_address_is_kept(tmp_path: Path, address: str) -> None:
     config = load_config(write(tmp_path, f'[engine]\nmetrics_address = "{address}"\n'))
@@ -464,6 +507,89 @@ def test_min_workers_above_max_workers_is_rejected(tmp_path: Path) -> None:
         ),
     ):
         load_config(write(tmp_path, "[engine]\nmin_workers = 8\nmax_workers = 4\n"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "workers = 2000\nmax_workers = 4096\n",
+        "min_workers = 2000\nmax_workers = 4096\n",
+        "workers = 3000\nmin_workers = 2000\nmax_workers = 4096\n",
+    ],
+)
+def test_pool_knobs_valid_together_pass(tmp_path: Path, text: str) -> None:
+    config = load_config(write(tmp_path, "[engine]\n" + text))
+    engine = make_engine()
+
+    apply_config(config, engine)
+
+    assert engine.max_workers == 4096
+    assert engine.min_workers <= engine.pool_size <= engine.max_workers
+
+
+def test_workers_beyond_a_max_the_file_leaves_out_waits_for_the_code(
+    tmp_path: Path,
+) -> None:
+    # The code may declare max_workers = 4096: only applying can tell.
+    config = load_config(write(tmp_path, "[engine]\nworkers = 2000\n"))
+
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "slapoll.toml: engine.workers (2000) must lie between min_workers (1) "
+            "and max_workers (1024)"
+        ),
+    ):
+        apply_config(config, make_engine())
+
+
+def test_workers_beyond_the_max_the_file_sets_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "slapoll.toml: engine.workers (5000) must not exceed max_workers (4096)"
+        ),
+    ):
+        load_config(write(tmp_path, "[engine]\nworkers = 5000\nmax_workers = 4096\n"))
+
+
+def test_workers_below_the_min_the_file_sets_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "slapoll.toml: engine.workers (2) must not be below min_workers (8)"
+        ),
+    ):
+        load_config(write(tmp_path, "[engine]\nworkers = 2\nmin_workers = 8\n"))
+
+
+def test_max_workers_below_the_declared_min_is_rejected(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[engine]\nmax_workers = 4\n"))
+    engine = make_engine()
+    engine.configure(min_workers=8)
+
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "slapoll.toml: engine.max_workers (4) must not be below min_workers (8)"
+        ),
+    ):
+        apply_config(config, engine)
+
+
+def test_every_problem_of_the_engine_table_is_listed(tmp_path: Path) -> None:
+    text = (
+        "[engine]\nworkers = 0\nmin_workers = 8\nmax_workers = 4\n"
+        'control_period = "soon"\napp = "feeds"\n'
+    )
+
+    message = problem(tmp_path, text)
+
+    assert message.startswith(f"{tmp_path / 'slapoll.toml'}: 4 problems:\n")
+    assert "\n  - engine.control_period must be a duration" in message
+    assert "\n  - engine.workers must be a whole number >= 1, got 0" in message
+    assert "\n  - engine.min_workers (8) must not exceed max_workers (4)" in message
+    assert "\n  - engine.app must be 'module:attribute'" in message
 
 
 def test_zero_workers_are_rejected(tmp_path: Path) -> None:
@@ -495,6 +621,219 @@ def test_every_problem_in_a_file_is_listed(tmp_path: Path) -> None:
     assert "\n  - engine.workers must be an integer, got 'many'" in message
     assert "\n  - unknown key 'engine.bogus'" in message
     assert "\n  - tasks.feed.every must be a duration" in message
+
+
+# -- limits -------------------------------------------------------------------
+
+LIMITS = """
+[limits.github]
+rate = "5000/h"
+burst = 100
+concurrency = 8
+window = "1h"
+reset_format = "epoch"
+backoff = "500ms"
+max_backoff = "2m"
+min_pause = "1s"
+max_wait = "10m"
+failure_threshold = 3
+circuit_cooldown = "1m"
+obey_quotas = false
+
+[limits."github:{account}"]
+rate = "10/s"
+"""
+
+
+def test_limits_tables_are_read(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, LIMITS))
+
+    assert config.limits["github"].options() == {
+        "rate": Rate(5000.0, 3600.0),
+        "burst": 100,
+        "concurrency": 8,
+        "window": 3600.0,
+        "reset_format": "epoch",
+        "backoff": 0.5,
+        "max_backoff": 120.0,
+        "min_pause": 1.0,
+        "max_wait": 600.0,
+        "failure_threshold": 3,
+        "circuit_cooldown": 60.0,
+        "obey_quotas": False,
+    }
+    assert config.limits["github:{account}"] == LimitConfig(rate=Rate(10.0, 1.0))
+
+
+def test_limit_config_has_every_limit_option() -> None:
+    options = set(inspect.signature(LimitSpec.from_options).parameters)
+    configurable = {f.name.removesuffix("_s") for f in attrs.fields(LimitConfig)}
+
+    assert configurable == options
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'rate = "fast"',
+            "limits.github.rate must be a rate such as '5000/h', '10/s', '100/m' "
+            "or '1/30s', got 'fast'",
+        ),
+        (
+            'rate = "5/fortnight"',
+            "limits.github.rate must be a rate such as '5000/h', '10/s', '100/m' "
+            "or '1/30s' (per s, m, h, d or a duration), got '5/fortnight'",
+        ),
+        ("rate = 0", "limits.github.rate must be a positive, finite rate, got 0"),
+        (
+            "rate = true",
+            "limits.github.rate must be a rate such as '5000/h' or '10/s', got True",
+        ),
+        ("burst = 0", "limits.github.burst must be a whole number >= 1, got 0"),
+        ('burst = "5"', "limits.github.burst must be an integer, got '5'"),
+        (
+            "concurrency = -1",
+            "limits.github.concurrency must be a whole number >= 1, got -1",
+        ),
+        (
+            'reset_format = "sometimes"',
+            "limits.github.reset_format must be one of auto, epoch, delta, "
+            "got 'sometimes'",
+        ),
+        ("window = 0", "limits.github.window must be greater than 0, got 0.0"),
+        ("backoff = 0", "limits.github.backoff must be greater than 0, got 0.0"),
+        (
+            'max_wait = "soon"',
+            "limits.github.max_wait must be a duration such as '250ms', '30s', "
+            "'5m' or '1h', got 'soon'",
+        ),
+        (
+            "failure_threshold = 0",
+            "limits.github.failure_threshold must be a whole number >= 1, got 0",
+        ),
+        (
+            'circuit_cooldown = "0s"',
+            "limits.github.circuit_cooldown must be greater than 0, got 0.0",
+        ),
+        (
+            'obey_quotas = "yes"',
+            "limits.github.obey_quotas must be true or false, got 'yes'",
+        ),
+        (
+            'backoff = "10s"\nmax_backoff = "5s"',
+            "limits.github.backoff (10.0s) must not exceed max_backoff (5.0s)",
+        ),
+        (
+            "rates = 5",
+            "unknown key 'limits.github.rates' (did you mean 'rate'?); allowed in "
+            "[limits.github]: rate, burst, concurrency, window, reset_format, "
+            "backoff, max_backoff, min_pause, max_wait, failure_threshold, "
+            "circuit_cooldown, obey_quotas",
+        ),
+    ],
+)
+def test_bad_limit_value_is_rejected(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"slapoll.toml: {message}")):
+        load_config(write(tmp_path, f"[limits.github]\n{text}\n"))
+
+
+def test_limits_must_be_tables(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("slapoll.toml: limits must be a table of tables, got 3"),
+    ):
+        load_config(write(tmp_path, "limits = 3\n"))
+
+
+def test_a_template_limit_is_named_by_its_quoted_key(tmp_path: Path) -> None:
+    text = '[limits."github:{account}"]\nrate = "5000/hour"\nburst = 0\n'
+
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            'slapoll.toml: limits."github:{account}".burst must be a whole '
+            "number >= 1, got 0"
+        ),
+    ):
+        load_config(write(tmp_path, text))
+
+
+def test_a_malformed_template_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "slapoll.toml: limits.\"github:{\": limit key template 'github:{' is "
+            "not a valid template"
+        ),
+    ):
+        load_config(write(tmp_path, '[limits."github:{"]\nrate = "1/s"\n'))
+
+
+def test_every_problem_of_a_limits_table_is_listed(tmp_path: Path) -> None:
+    text = '[limits.github]\nrate = "fast"\nburst = 0\nreset_format = "x"\n'
+
+    message = problem(tmp_path, text)
+
+    assert message.startswith(f"{tmp_path / 'slapoll.toml'}: 3 problems:\n")
+    assert "\n  - limits.github.rate must be a rate" in message
+    assert "\n  - limits.github.burst must be a whole number >= 1" in message
+    assert "\n  - limits.github.reset_format must be one of" in message
+
+
+def test_apply_config_declares_the_limits(tmp_path: Path) -> None:
+    engine = make_engine()
+
+    apply_config(load_config(write(tmp_path, LIMITS)), engine)
+
+    limits = declared_limits(engine)
+    assert limits["github"] == LimitSpec.from_options(
+        rate="5000/h",
+        burst=100,
+        concurrency=8,
+        window="1h",
+        reset_format="epoch",
+        backoff="500ms",
+        max_backoff="2m",
+        min_pause="1s",
+        max_wait="10m",
+        failure_threshold=3,
+        circuit_cooldown="1m",
+        obey_quotas=False,
+    )
+    assert limits["github:{account}"] == LimitSpec.from_options(rate="10/s")
+
+
+def test_apply_config_keeps_the_limit_options_the_file_leaves_out(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine()
+    engine.limit("github", rate="5000/h", burst=100)
+    config = load_config(write(tmp_path, "[limits.github]\nconcurrency = 4\n"))
+
+    apply_config(config, engine)
+
+    assert declared_limits(engine)["github"] == LimitSpec.from_options(
+        rate="5000/h", burst=100, concurrency=4
+    )
+
+
+def test_backoff_beyond_the_declared_max_backoff_is_rejected_when_applied(
+    tmp_path: Path,
+) -> None:
+    config = load_config(write(tmp_path, '[limits.github]\nbackoff = "10m"\n'))
+    engine = make_engine()
+
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "slapoll.toml: limits.github.backoff (600.0s) must not exceed "
+            "max_backoff (300.0s)"
+        ),
+    ):
+        apply_config(config, engine)
+
+    assert declared_limits(engine) == {}
 
 
 # -- applying ----------------------------------------------------------------
@@ -584,7 +923,7 @@ def test_min_workers_above_the_declared_max_is_rejected(tmp_path: Path) -> None:
 
 def test_a_rejected_config_changes_nothing(tmp_path: Path) -> None:
     text = "[engine]\nworkers = 4\n[tasks.digest]\npriority = 9\n"
-    text += '[tasks.feed]\nevery = "1m"\n'
+    text += '[tasks.feed]\nevery = "1m"\n[limits.github]\nrate = "1/s"\n'
     config = load_config(write(tmp_path, text))
     engine = make_engine()
     before = {name: task.policy for name, task in engine.tasks.items()}
@@ -594,6 +933,7 @@ def test_a_rejected_config_changes_nothing(tmp_path: Path) -> None:
 
     assert {name: task.policy for name, task in engine.tasks.items()} == before
     assert engine.pool_size == 32
+    assert declared_limits(engine) == {}
 
 
 # -- importing the app ----------------------------------------------------------
@@ -647,8 +987,23 @@ def test_load_engine_reports_a_missing_module(tmp_path: Path) -> None:
         ConfigError,
         match=re.escape(
             "slapoll.toml: engine.app = 'no_such_app:engine': no module "
-            f"'no_such_app' in {tmp_path}"
-        ),
+            f"'no_such_app' in {tmp_path.resolve()} or {os.getcwd()}"
+        )
+        + "$",
+    ):
+        load_engine(config)
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_missing_module_names_the_config_folder_once_when_run_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(write(tmp_path, '[engine]\napp = "no_such_app:engine"\n'))
+
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(f"no module 'no_such_app' in {tmp_path.resolve()}") + "$",
     ):
         load_engine(config)
 

@@ -13,6 +13,7 @@ from slapoll._control import (
     plan,
 )
 from slapoll._plan_text import (
+    CredentialLimit,
     DeclaredTask,
     declared_snapshot,
     format_rate,
@@ -137,3 +138,55 @@ def test_an_sla_no_budget_can_save_says_why() -> None:
 )
 def test_rates_use_the_unit_that_gives_at_least_one(rps: float, text: str) -> None:
     assert format_rate(rps) == text
+
+
+def per_account(targets: int, budget_rps: float | None) -> list[str]:
+    """The plan for one task of *targets* on "github:{account}", four of them
+    on one account and one on each other account."""
+    policy = TaskPolicy.from_options(sla="1m", every="10s", limits=["github:{account}"])
+    snapshot = declared_snapshot(
+        [DeclaredTask("feed", policy, targets, 10.0)], budgets_rps={}, pool=POOL
+    )
+    credentials = ({"feed": 4},) + ({"feed": 1},) * (targets - 4)
+    template = CredentialLimit("github:{account}", budget_rps, credentials)
+    return render_plan(snapshot, plan(snapshot), credential_limits=[template])
+
+
+def test_a_template_is_planned_per_credential_not_as_one_key() -> None:
+    # The busiest account has 4 targets: 24/m every 10 s, 4.8/m at the
+    # 50 s safe bound, within its 18/m.
+    lines = per_account(6, budget_rps=0.3)
+
+    assert lines[3:7] == [
+        "",
+        "per credential    budget  credentials  busiest  at sla-safe  fits",
+        "github:{account}  18/m    3            24/m     4.8/m        yes",
+        "",
+    ]
+    assert not any(line.startswith("limit ") for line in lines)
+    assert lines[-1] == "plan: every SLA can be kept"
+
+
+def test_a_credential_short_of_its_budget_puts_its_tasks_at_risk() -> None:
+    lines = per_account(6, budget_rps=0.05)
+
+    assert (
+        "feed  6        10s       10s       50s       no: credential over budget"
+        in (lines)
+    )
+    assert (
+        "github:{account}  3/m     3            24/m     4.8/m        no: 1.8/m short"
+        in lines
+    )
+    assert lines[-1] == (
+        "plan: SLA at risk for feed (github:{account} short by 1.8/m for its "
+        "busiest credential)"
+    )
+
+
+def test_a_template_without_a_budget_is_unlimited_per_credential() -> None:
+    lines = per_account(5, budget_rps=None)
+
+    assert (
+        "github:{account}  unlimited  2            24/m     4.8/m        yes" in lines
+    )
