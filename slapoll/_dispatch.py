@@ -227,6 +227,28 @@ class Dispatcher:
         state.interval_s = None  # still moving: regrid again next time
         return due + interval / 2
 
+    def pull_in(self, task: Task, now: float) -> None:
+        """Bring a task's targets due later than one new interval forward.
+
+        When the controller shortens a task's interval (a budget restored,
+        margins shrunk), targets stretched earlier may be due far in the
+        future; waiting for those due times would keep them stale. Their
+        schedule moves onto the new grid now.
+        """
+        interval = task.interval_s
+        horizon = now + interval
+        for state in task.targets.values():
+            due = state.next_due
+            if state.paused or state.removed or due is None or due <= horizon:
+                continue
+            on_grid = first_due(
+                now, interval, state.phase_fraction(interval), self.origin
+            )
+            state.interval_s = interval
+            state.generation += 1
+            state.next_due = on_grid
+            self.push_timer(on_grid, state, 0)
+
     def _request_run(
         self, state: TargetState, due: float, attempt: int, now: float
     ) -> None:
@@ -349,7 +371,7 @@ class Dispatcher:
         finally:
             slot.run_id = -1
             state.deadlines.remove(deadline)
-            self._finish(state, due, attempt, start, outcome)
+            self._finish(state, due, attempt, start, outcome, ctx.budget_wait_s)
 
     def _log_failure(self, state: TargetState, exc: Exception) -> None:
         # Only the exception's type: its message may quote a URL or a
@@ -372,10 +394,14 @@ class Dispatcher:
         attempt: int,
         start: float,
         outcome: str,
+        budget_wait_s: float = 0.0,
     ) -> None:
         task = state.task
         end = self.clock()
-        lag, duration = start - due, end - start
+        # Time spent inside the run waiting for rate budget is lag, as the
+        # wait for a worker is: the run's duration is what the upstream took.
+        lag = start - due + budget_wait_s
+        duration = end - start - budget_wait_s
         task.lag.add(lag)
         task.duration.add(duration)
         task.lag_buckets.observe(lag)

@@ -225,10 +225,14 @@ class Engine:
         circuit knobs. A key without a declared budget learns one from the
         server. Raises ``ConfigError`` for a bad option.
         """
+        if self.running:
+            raise UsageError(
+                f"limit {name!r} cannot be declared while the engine runs: "
+                "declare budgets before Engine.run() (the server's rate "
+                "headers still correct them while running)"
+            )
         spec = LimitSpec.from_options(**options)
         self._limits[name] = spec
-        if self._http is not None:
-            self._http.declare(name, spec)
         return spec
 
     def task(
@@ -356,6 +360,7 @@ class Engine:
             self._limits,
             max_connections=self.max_workers,
             transport=self._http_transport,
+            wall_clock=self._wall_clock,
         )
         layer.set_max_connections(self.pool_size)
         self._http = layer
@@ -527,12 +532,14 @@ class Engine:
                 floors = self._http.min_intervals()
                 for task in self.tasks.values():
                     task.min_interval_s = floors.get(task.name, 0.0)
+            before = {name: task.interval_s for name, task in self.tasks.items()}
+            now = trio.current_time()
             self._steering.step(
-                trio.current_time(),
-                self.tasks.values(),
-                self._dispatch,
-                self._budgets(),
+                now, self.tasks.values(), self._dispatch, self._budgets()
             )
+            for name, task in self.tasks.items():
+                if task.interval_s < before[name]:
+                    self._dispatch.pull_in(task, now)
             self.metrics.update(
                 await self._statistics_in_steps(), self._steering, self._http_stats
             )

@@ -84,6 +84,12 @@ class RunContext:
             self._http = self._http_for(self._state, self.deadline_s)
         return self._http
 
+    @property
+    def budget_wait_s(self) -> float:
+        """Seconds this run's requests waited for rate budget or a
+        connection (0 if it made none)."""
+        return 0.0 if self._http is None else self._http.wait_s
+
     def __repr__(self) -> str:
         return (
             f"RunContext(task={self.task!r}, key={self.key!r}, "

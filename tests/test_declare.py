@@ -97,3 +97,13 @@ def test_engine_options_cannot_change_while_running() -> None:
     engine.running = True
     with pytest.raises(slapoll.UsageError, match="use set_pool_size"):
         engine.configure(workers=10)
+
+
+def test_limits_cannot_be_declared_while_running() -> None:
+    """Budgets are declared before run(); the server's headers adjust them."""
+    engine = slapoll.Engine()
+    engine.limit("api", rate="10/s")
+    engine.running = True
+    with pytest.raises(slapoll.UsageError, match="declare budgets before"):
+        engine.limit("api", rate="1/s")
+    assert engine.limits["api"].rate is not None

@@ -387,3 +387,28 @@ async def test_targets_added_at_run_time_survive_a_restart(
     assert set(starts) == phase_before
     assert len(starts) == 2
     assert second.target_statistics("poll", "poll-y").paused
+
+
+async def test_a_shortened_interval_pulls_stretched_targets_in(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """When a task's interval shrinks, targets due far later under the old
+    one are rescheduled within the new interval, not left stale."""
+    engine = engine_factory(control_period="1h")  # the test steers by hand
+    starts: list[float] = []
+
+    @engine.task(sla="1h", every="10s", phase=0)
+    async def poll(ctx: RunContext) -> None:
+        starts.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(5)
+        poll.interval_s = 600.0  # stretched: the run at 10 s schedules 610 s
+        await trio.sleep(15)
+        poll.interval_s = 10.0
+        engine._dispatch.pull_in(poll, trio.current_time())
+        await trio.sleep(25)
+        engine.stop()
+
+    assert starts == [0.0, 10.0, 20.0, 30.0, 40.0]
