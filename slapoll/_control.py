@@ -108,6 +108,25 @@ MIN_CONCURRENCY_YIELD = 0.1
 # beyond the best concurrency seen: durations are noisy, and one sample
 # just above the best proves nothing.
 SATURATION_SPAN_FRACTION = 0.25
+# Plans leave this share of every budget unspent when they can. A plan that
+# spends all of it leaves nothing to drain the runs already queued (due at
+# older, shorter intervals, or held back by a burst): that queue then never
+# empties, its lag eats the SLA margins and the safe bounds shrink for
+# nothing. A tenth drains a backlog of a budget-second in ten seconds.
+BUDGET_UTILISATION = 0.9
+# Runs waiting to start are work the intervals do not account for (due at
+# older, shorter intervals, or left by a burst): the pool gets the workers
+# that clear them in this long, a few control periods.
+BACKLOG_DRAIN_S = 5.0
+# Between two concurrency levels, throughput that falls below this share of
+# the lower level's is no contention: more workers do not take half the
+# throughput away. It is the upstream slowing down for other reasons (a
+# load step) between when the levels were seen, so the lower level's
+# samples describe an upstream that is gone.
+SATURATION_DROP_SHARE = 0.5
+# Each concurrency level is judged by its most recent samples only: a level
+# revisited after a load step shows the upstream as it is now.
+SAMPLES_PER_LEVEL = 5
 # An interval change smaller than this share is margin noise, not a decision
 # worth counting.
 DECISION_CHANGE_FRACTION = 0.01
@@ -120,9 +139,22 @@ _BISECTION_STEPS = 60
 
 @attrs.frozen
 class _Bounds:
+    # The SLA-safe bound: SLA less every margin, lag included. The ceiling
+    # for stretching and what feasibility and deficits are measured at.
     safe_s: float
+    # The interval with room in every budget (see ``_bounds``).
     unconstrained_s: float
     cause: str | None  # why the SLA cannot be kept at any budget
+
+    @property
+    def top_s(self) -> float:
+        """How far a budget may stretch the task before its SLA gives way.
+
+        The safe bound, unless lag left that below the unconstrained
+        interval: lag never shortens an interval, so then the unconstrained
+        interval is where stretching starts.
+        """
+        return max(self.safe_s, self.unconstrained_s)
 
 
 def plan(snapshot: ControlSnapshot) -> ControlPlan:
@@ -196,16 +228,21 @@ def _bounds(task: TaskSnapshot) -> _Bounds:
     elif raw < task.min_interval_s:
         cause = CAUSE_MIN_INTERVAL
 
-    # A preferred interval longer than the safe bound yields to it: the SLA
-    # is the promise, the preference only asks for no more load than that.
+    if task.preferred_interval_s is None:
+        # Nothing preferred: the SLA-safe bound is the interval asked for.
+        return _Bounds(safe_s=safe, unconstrained_s=safe, cause=cause)
+
+    # A preferred interval yields only to what the runs themselves take:
+    # when their duration margin (and a retry's room) leaves less than the
+    # preference before the SLA, the SLA is the promise and wins. Lag never
+    # shortens it: lag comes from the engine's own queue (too few workers)
+    # or from waiting for budget, and polling more often would only add to
+    # both. The pool answers the one, stretching and the deficit the other.
     # The share-of-SLA floor guards the measured bound only: a preferred
     # interval shorter than it is the user's explicit choice.
-    preferred = task.preferred_interval_s
-    unconstrained = (
-        safe
-        if preferred is None
-        else max(task.min_interval_s, min(float(preferred), safe))
-    )
+    runs_allow = max(float(task.sla_s - task.run_margin_s), floor)
+    preferred = float(task.preferred_interval_s)
+    unconstrained = max(task.min_interval_s, min(preferred, runs_allow))
     return _Bounds(safe_s=safe, unconstrained_s=unconstrained, cause=cause)
 
 
@@ -229,13 +266,22 @@ def _demand(tasks: Sequence[TaskSnapshot], intervals: Mapping[str, float]) -> fl
 def _fit_key(
     tasks: Sequence[TaskSnapshot], bounds: Mapping[str, _Bounds], budget_rps: float
 ) -> dict[str, float]:
-    """The intervals one key's budget asks of the tasks drawing on it."""
-    safe = {t.name: bounds[t.name].safe_s for t in tasks}
+    """The intervals one key's budget asks of the tasks drawing on it.
+
+    The plan aims at ``BUDGET_UTILISATION`` of the budget, but takes that
+    reserve only from stretching that costs no SLA: when every task at its
+    bound needs more than the share, the plan spends up to the whole
+    budget instead (see ``_stretch_beyond_sla`` for the infeasible case).
+    """
+    top = {t.name: bounds[t.name].top_s for t in tasks}
     levels = sorted({t.priority for t in tasks})
-    if _demand(tasks, safe) <= budget_rps:
+    at_top = _demand(tasks, top)
+    reserve = (1 - BUDGET_UTILISATION) * budget_rps
+    if at_top <= budget_rps:
+        aim = max(budget_rps - reserve, at_top)
         unconstrained = {t.name: bounds[t.name].unconstrained_s for t in tasks}
-        return _stretch_within_sla(tasks, levels, unconstrained, safe, budget_rps)
-    return _stretch_beyond_sla(tasks, levels, safe, budget_rps)
+        return _stretch_within_sla(tasks, levels, unconstrained, top, aim)
+    return _stretch_beyond_sla(tasks, levels, top, budget_rps, reserve)
 
 
 def _stretch_within_sla(
@@ -308,12 +354,15 @@ def _stretch_beyond_sla(
     levels: Sequence[int],
     safe: Mapping[str, float],
     budget_rps: float,
+    reserve_rps: float,
 ) -> dict[str, float]:
     """Stretch past the safe bounds, lowest priority first, until it fits.
 
     A level is stretched by one factor over its safe bounds, the least that
     fits, up to ``MAX_STRETCH_FACTOR``; only when that is not enough does
-    the next level give up its SLA too.
+    the next level give up its SLA too. Whether a level fits is judged on
+    the whole budget; the level that gives way leaves *reserve_rps* unspent
+    as far as its stretch allows, so that what is queued can drain.
     """
     chosen = dict(safe)
     for level in levels:
@@ -325,7 +374,13 @@ def _stretch_beyond_sla(
         # a rounding error there would make the next level give way for
         # nothing.
         fits = room > 0 and level_demand <= room * MAX_STRETCH_FACTOR
-        factor = max(1.0, level_demand / room) if fits else MAX_STRETCH_FACTOR
+        if fits:
+            aimed = room - reserve_rps
+            factor = MAX_STRETCH_FACTOR
+            if aimed > 0 and level_demand <= aimed * MAX_STRETCH_FACTOR:
+                factor = max(1.0, level_demand / aimed)
+        else:
+            factor = MAX_STRETCH_FACTOR
         for task in members:
             chosen[task.name] = safe[task.name] * factor
         if fits:
@@ -335,8 +390,11 @@ def _stretch_beyond_sla(
 
 
 def _task_plan(task: TaskSnapshot, bounds: _Bounds, interval_s: float) -> TaskPlan:
+    # A task left above its safe bound by lag (its unconstrained interval
+    # stands) has a capacity problem, which the pool answers; only a budget
+    # stretching it past where lag left it costs its SLA by plan.
     cause = bounds.cause
-    if cause is None and interval_s > bounds.safe_s:
+    if cause is None and interval_s > bounds.top_s:
         cause = CAUSE_BUDGET
     return TaskPlan(
         name=task.name,
@@ -410,7 +468,8 @@ def _plan_pool(
     Returns the plan, when the target last changed, and the decisions.
     """
     pool = snapshot.pool
-    needed = sum(t.targets * t.duration_mean_s / intervals[t.name] for t in tasks)
+    work = sum(t.targets * t.duration_mean_s / intervals[t.name] for t in tasks)
+    needed = work + sum(t.ready * t.duration_mean_s for t in tasks) / BACKLOG_DRAIN_S
     unbounded = math.ceil(needed * (1 + POOL_HEADROOM_FRACTION))
     wanted = _clamp(unbounded, pool.min_size, pool.max_size)
     limit = _saturation_limit(pool.samples)
@@ -449,23 +508,45 @@ def _saturation_limit(samples: Sequence[ConcurrencySample]) -> int | None:
     """The concurrency past which the samples showed no throughput to gain.
 
     Throughput at a concurrency is concurrency ÷ mean duration (Little's
-    law). Walking up the concurrencies seen, a level becomes the best when
-    it adds at least ``MIN_CONCURRENCY_YIELD`` of the throughput its extra
+    law), each level judged by its ``SAMPLES_PER_LEVEL`` latest samples.
+    Walking up the concurrencies seen, a level becomes the best when it
+    adds at least ``MIN_CONCURRENCY_YIELD`` of the throughput its extra
     workers would add at the best level's duration. If samples reach well
     beyond the best level without beating it, the best level is the limit.
+
+    Saturation is throughput staying flat as concurrency grows. A level
+    whose throughput falls below ``SATURATION_DROP_SHARE`` of the best's,
+    and which was seen only after the best level last was, shows the
+    upstream slowing down between the two (a load step): the walk starts
+    again from that level, since what was seen below it no longer holds.
+    Had the lower level been seen again since, fast as before, the drop is
+    the concurrency's doing, and counts as saturation.
     """
     by_level: dict[int, list[float]] = {}
-    for sample in samples:
-        by_level.setdefault(sample.concurrency, []).append(sample.duration_mean_s)
-    levels = sorted((n, sum(d) / len(d)) for n, d in by_level.items())
+    first_seen: dict[int, int] = {}
+    last_seen: dict[int, int] = {}
+    for i, sample in enumerate(samples):
+        level = sample.concurrency
+        by_level.setdefault(level, []).append(sample.duration_mean_s)
+        first_seen.setdefault(level, i)
+        last_seen[level] = i
+    levels = []
+    for n in sorted(by_level):
+        recent = by_level[n][-SAMPLES_PER_LEVEL:]
+        levels.append((n, sum(recent) / len(recent)))
     if len(levels) < 2:
         return None
 
     best_n, best_d = levels[0]
     for n, d in levels[1:]:
-        gained = n / d - best_n / best_d
+        throughput, best_throughput = n / d, best_n / best_d
+        stepped = (
+            throughput < SATURATION_DROP_SHARE * best_throughput
+            and last_seen[best_n] < first_seen[n]
+        )
+        gained = throughput - best_throughput
         promised = (n - best_n) / best_d
-        if gained >= MIN_CONCURRENCY_YIELD * promised:
+        if stepped or gained >= MIN_CONCURRENCY_YIELD * promised:
             best_n, best_d = n, d
 
     highest = levels[-1][0]

@@ -101,11 +101,13 @@ class TaskSnapshot:
     All times in seconds. ``targets`` counts the targets being scheduled
     (paused ones excluded). Each run draws ``requests_per_run`` requests
     from every key in ``limit_keys``. ``lag_margin_s`` and
-    ``duration_margin_s`` are high quantiles (p99) of what was measured;
-    ``duration_mean_s`` feeds Little's law. ``min_interval_s`` is the
+    ``duration_margin_s`` are high quantiles (p99) of what was measured
+    lately; ``duration_mean_s``, the mean of the latest runs, feeds
+    Little's law. ``min_interval_s`` is the
     shortest interval the server allows (``X-Poll-Interval``), 0 if none.
     ``interval_s`` is the interval in force, to tell a stretch from a
-    restore; ``None`` before the first plan.
+    restore; ``None`` before the first plan. ``ready`` counts the task's
+    runs that are due and wait for a worker: the engine's backlog.
     """
 
     name: str
@@ -122,6 +124,7 @@ class TaskSnapshot:
     retry_backoff_s: float = 0.0
     min_interval_s: float = 0.0
     interval_s: float | None = None
+    ready: int = 0
 
     def __attrs_post_init__(self) -> None:
         what = f"task {self.name!r}:"
@@ -146,6 +149,7 @@ class TaskSnapshot:
             _number(f"{what} {field}", getattr(self, field), 0)
         _whole(f"{what} targets", self.targets, 0)
         _whole(f"{what} retries", self.retries, 0)
+        _whole(f"{what} ready", self.ready, 0)
         _whole(f"{what} priority", self.priority, None)
         for key in self.limit_keys:
             if not isinstance(key, str) or not key:
@@ -166,6 +170,7 @@ class TaskSnapshot:
         min_interval_s: float = 0.0,
         interval_s: float | None = None,
         requests_per_run: float = 1.0,
+        ready: int = 0,
     ) -> TaskSnapshot:
         """Take the declared part from *policy*, the measured part as given."""
         return cls(
@@ -183,6 +188,7 @@ class TaskSnapshot:
             retry_backoff_s=policy.retry_backoff_s,
             min_interval_s=min_interval_s,
             interval_s=interval_s,
+            ready=ready,
         )
 
     @property
@@ -193,7 +199,17 @@ class TaskSnapshot:
         another run) when retries are configured: a run that fails refreshes
         nothing, so the retry has to land inside the SLA too.
         """
-        margin = self.lag_margin_s + self.duration_margin_s
+        return self.lag_margin_s + self.run_margin_s
+
+    @property
+    def run_margin_s(self) -> float:
+        """The part of ``margin_s`` that the runs themselves take.
+
+        The duration margin, and a retry's room; lag left out. It may keep
+        a preferred interval short of the SLA; lag may not (see
+        ``slapoll._control._bounds``).
+        """
+        margin = self.duration_margin_s
         if self.retries:
             margin += self.retry_backoff_s + self.duration_margin_s
         return margin
@@ -351,7 +367,8 @@ class KeyPlan:
 class PoolPlan:
     """The pool size to set, and the figures behind it.
 
-    ``needed_concurrency`` is Little's law on the planned intervals;
+    ``needed_concurrency`` is Little's law on the planned intervals, plus
+    the workers that clear the runs already waiting within a few periods;
     ``unbounded_size`` adds headroom; ``wanted_size`` keeps that to the
     bounds; ``target_size``, what to set now, is ``wanted_size`` smoothed
     and held to the saturation limit. ``saturation_limit`` is the

@@ -14,7 +14,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -98,6 +98,10 @@ class Dispatcher:
     def busy_workers(self) -> int:
         """Workers running a run now."""
         return max(0, self._workers_alive - self._workers_idle)
+
+    def ready_by_task(self) -> Counter[str]:
+        """Runs waiting for a worker, by task name."""
+        return Counter(entry[3].task.name for entry in self._ready)
 
     @property
     def ready_count(self) -> int:

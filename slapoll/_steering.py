@@ -65,9 +65,10 @@ class Steering:
         """
         tasks = list(tasks)
         self._sample(now, dispatch)
+        ready = dispatch.ready_by_task()
         snapshot = ControlSnapshot(
             now_s=now,
-            tasks=tuple(_task_snapshot(task) for task in tasks),
+            tasks=tuple(_task_snapshot(task, ready[task.name]) for task in tasks),
             pool=PoolSnapshot(
                 min_size=dispatch.min_workers,
                 max_size=dispatch.max_workers,
@@ -136,7 +137,7 @@ class Steering:
                 logger.info("limit key %r can carry every SLA again", key.name)
 
 
-def _task_snapshot(task: Task) -> TaskSnapshot:
+def _task_snapshot(task: Task, ready: int) -> TaskSnapshot:
     policy = task.policy
     # The margin is taken over successful runs, which are what freshness
     # waits for; the pool's demand over all runs, which all hold a worker.
@@ -147,7 +148,9 @@ def _task_snapshot(task: Task) -> TaskSnapshot:
     else:
         duration_margin = 0.0  # the declared interval stands until measured
     measured = len(task.duration) > 0
-    duration_mean = task.duration.mean()  # 0 until runs show what they cost
+    # Little's law follows the latest runs, so a load step shows within
+    # seconds; 0 until runs show what they cost.
+    duration_mean = task.duration.recent_mean()
     return TaskSnapshot.from_policy(
         task.name,
         policy,
@@ -157,4 +160,5 @@ def _task_snapshot(task: Task) -> TaskSnapshot:
         duration_mean_s=duration_mean,
         min_interval_s=task.min_interval_s,
         interval_s=task.interval_s,
+        ready=ready,
     )

@@ -8,15 +8,19 @@ target; it never leaves the engine (snapshots do).
 from __future__ import annotations
 
 import inspect
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ._measure import (
+    DEFAULT_WINDOW,
     DURATION_BUCKETS_S,
     LAG_BUCKETS_S,
     BucketCounts,
-    SampleWindow,
     SlaAccount,
+    quantile,
 )
 from ._policy import Outcome, TaskPolicy
 from .errors import ConfigError, UnknownTargetError, UsageError
@@ -25,7 +29,14 @@ if TYPE_CHECKING:
     from ._engine import Engine
     from ._http import TargetHttp
 
-__all__ = ["DEFAULT_TARGET_KEY", "RunContext", "TargetState", "Task", "TaskFunction"]
+__all__ = [
+    "DEFAULT_TARGET_KEY",
+    "RecentWindow",
+    "RunContext",
+    "TargetState",
+    "Task",
+    "TaskFunction",
+]
 
 TaskFunction = Callable[..., Awaitable[object]]
 
@@ -36,6 +47,79 @@ DEFAULT_TARGET_KEY = "default"
 _UNMEASURED_INTERVAL_FRACTION = 0.5
 # Margins are taken at this quantile of recent lag and duration.
 MARGIN_QUANTILE = 0.99
+# Margins are taken over the runs that ended in this long: long enough for
+# a p99 over hundreds of runs at ordinary rates, short enough that a
+# transient (a load step, a budget cut and the queue it left) stops
+# shaping the plan half a minute after it ended. A count of runs would
+# keep it for as long as the task takes to run that many times: minutes
+# for a task that runs rarely.
+MARGIN_WINDOW_S = 30.0
+# A task that runs less often than that keeps its latest few runs, so it
+# still has margins to plan with; they refresh with each run.
+MIN_WINDOW_SAMPLES = 8
+# Little's law takes the mean duration of the latest runs: enough for a
+# steady mean, few enough that a load step shows within seconds.
+RECENT_RUNS = 64
+
+
+class RecentWindow:
+    """Samples of the last ``MARGIN_WINDOW_S`` (engine clock), with quantiles.
+
+    At most *size* samples are kept, and at least ``MIN_WINDOW_SAMPLES``
+    whatever their age. Samples are stamped with the trio clock; outside a
+    trio run (a task used directly) they count as just taken.
+    """
+
+    __slots__ = ("_samples", "window_s")
+
+    def __init__(
+        self, size: int = DEFAULT_WINDOW, window_s: float = MARGIN_WINDOW_S
+    ) -> None:
+        self._samples: deque[tuple[float, float]] = deque(maxlen=size)
+        self.window_s = window_s
+
+    def add(self, value: float) -> None:
+        """Record one sample, taken now."""
+        now = _now()
+        self._samples.append((now, value))
+        self._expire(now)
+
+    def _expire(self, now: float | None = None) -> None:
+        samples = self._samples
+        if len(samples) <= MIN_WINDOW_SAMPLES:
+            return
+        oldest = (_now() if now is None else now) - self.window_s
+        while len(samples) > MIN_WINDOW_SAMPLES and samples[0][0] < oldest:
+            samples.popleft()
+
+    def values(self) -> list[float]:
+        """The samples in the window, oldest first."""
+        self._expire()
+        return [value for _, value in self._samples]
+
+    def mean(self) -> float:
+        """Mean of the samples in the window (0 when empty)."""
+        values = self.values()
+        return sum(values) / len(values) if values else 0.0
+
+    def recent_mean(self, count: int = RECENT_RUNS) -> float:
+        """Mean of the latest *count* samples in the window (0 when empty)."""
+        values = self.values()[-count:]
+        return sum(values) / len(values) if values else 0.0
+
+    def quantile(self, q: float) -> float:
+        """The *q* quantile of the samples in the window (0 when empty)."""
+        return quantile(sorted(self.values()), q)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+
+def _now() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return float("inf")  # outside a run: nothing counts as old
 
 
 class RunContext:
@@ -185,12 +269,12 @@ class Task:
         self.targets: dict[str, TargetState] = {}
         self._signature = _TargetSignature.of(name, fn)
         self.takes_arguments = self._signature.takes_arguments
-        self.lag = SampleWindow()
-        self.duration = SampleWindow()
+        self.lag = RecentWindow()
+        self.duration = RecentWindow()
         # Durations of successful runs only: those are what freshness waits
         # for, so the SLA-safe bound keeps room for them (a timed-out run
         # refreshes nothing and must not shrink the interval).
-        self.success_duration = SampleWindow()
+        self.success_duration = RecentWindow()
         self.lag_buckets = BucketCounts(LAG_BUCKETS_S)
         self.duration_buckets = BucketCounts(DURATION_BUCKETS_S)
         self.runs = {outcome.value: 0 for outcome in Outcome}
