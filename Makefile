@@ -19,8 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q $(TEST_ARGS)
 
+# -P keeps benchmarks/ off sys.path: benchmarks/http.py would shadow the
+# standard library's http package.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/dispatch.py
+	$(BIN)/python -P benchmarks/dispatch.py
+	$(BIN)/python -P benchmarks/control.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check slapoll tests benchmarks
