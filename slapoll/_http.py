@@ -650,7 +650,12 @@ class TargetHttp:
     ) -> httpx.Response:
         layer = self._layer
         states = self._states
-        sent_at, permits = await self._acquire(request)
+        try:
+            sent_at, permits = await self._acquire(request)
+        except BaseException:
+            # Cancelled or past the deadline while waiting: all of it waited.
+            self.wait_s += max(0.0, layer.now() - started)
+            raise
         self.wait_s += max(0.0, sent_at - started)
         try:
             response = await layer.client.send(
