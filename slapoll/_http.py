@@ -172,7 +172,7 @@ class _KeyState:
         self.key = key
         self.budget = KeyBudget(spec, key=key.shown, limit=key.template)
         # Requests that wait for this key unbooked park here; a send wakes
-        # one, a change of the budget wakes all.
+        # one, a change that brings the next slot sooner wakes all.
         self.lot = trio.lowlevel.ParkingLot()
         self.concurrency = (
             None if spec.concurrency is None else trio.Semaphore(spec.concurrency)
@@ -442,15 +442,19 @@ class HttpLayer:
             budget = state.budget
             info = read(budget.spec)
             learn = state in learners
-            before = (budget.generation, budget.rate_per_s, budget.blocked_until(now))
+            before = budget.next_slot(now)
             budget.observe(
                 now, response.status_code, info, sent_at=sent_at, learn=learn
             )
             if learn and info.warnings:
                 self._log_warnings(state, info.warnings, now)
-            after = (budget.generation, budget.rate_per_s, budget.blocked_until(now))
-            if after != before:
-                # Waiters computed their wait under the old budget.
+            if budget.next_slot(now) < before:
+                # Waiters sleep until their slot came near as computed
+                # under the old budget: woken, they see it come sooner (a
+                # quota renewed, unsent slots given back). A later slot
+                # they find when they wake anyway, and waking every
+                # waiter on each response (the learned rate moves with
+                # each) cost as much CPU as the requests themselves.
                 state.lot.unpark_all()
 
         return read(states[0].budget.spec if states else _DEFAULT_SPEC)

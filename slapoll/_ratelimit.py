@@ -452,6 +452,9 @@ class KeyBudget:
         # the spacing and burst tolerance of the rate in force.
         self._tat = -math.inf
         self._interval_s = 0.0
+        # Bookings whose slot lay ahead when made, oldest first, each with
+        # the TAT before it: voided unsent, they give their slots back.
+        self._ahead: collections.deque[tuple[float, float]] = collections.deque()
         self._learned_rate: float | None = None
         self._aimd_rate: float | None = None
         self._set_rate(-math.inf)
@@ -520,6 +523,10 @@ class KeyBudget:
                 self._limited = True
             if earliest > t:
                 t = self.blocked_until(earliest)
+            while self._ahead and self._ahead[0][0] <= now:
+                self._ahead.popleft()  # sent by now: no longer voidable
+            if t > now:
+                self._ahead.append((t, self._tat))
             self._tat = max(self._tat, t) + self._interval_s
         for quota in self._quotas.values():
             quota.book(t)
@@ -613,7 +620,7 @@ class KeyBudget:
         if until > self.paused_until:
             self.paused_until = until
             self._pause_started = now
-            self.generation += 1
+            self._void_bookings(now)
             logger.info("limit %s: paused %.1fs after HTTP %d", self.key, pause, status)
 
     def _cut(self, now: float, sent_at: float) -> None:
@@ -713,7 +720,7 @@ class KeyBudget:
         estimate = max(0, remaining - self.outstanding)
         if remaining < self.outstanding:
             # More is promised than the server has left: void the promises.
-            self.generation += 1
+            self._void_bookings(now)
         reset_at = now + reset_s
         state = self._quotas.get(name)
         was_spent = state is not None and state.remaining < 1
@@ -753,6 +760,9 @@ class KeyBudget:
         new = 1.0 / min(candidates) if candidates else 0.0
         if new == old:
             return
+        if new > old:
+            # Slots promised at the old rate are void: waiters book again.
+            self._void_bookings(now)
         if old and new > old and self._tat > now:
             # A slower rate keeps the requests owed, not the seconds: a
             # burst spent at the old rate stays spent. (A faster one keeps
@@ -762,8 +772,25 @@ class KeyBudget:
             # Leaving "unlimited": assume the burst was just spent.
             self._tat = max(now, self._tat) + self.spec.burst * new
         self._interval_s = new
-        if new > old:
-            self.generation += 1
+
+    def _void_bookings(self, now: float) -> None:
+        """Void every promise made so far; unsent slots are given back.
+
+        Waiters see ``generation`` change and book again. The TAT goes back
+        to where it was before the latest run of bookings whose slots all
+        still lie ahead: none of those was sent, and counting them would
+        hold the key idle for as long as they would have taken (after a
+        cut from a fast rate to a slow one, a second or more). Bookings
+        made after one that was sent keep theirs, which errs on the safe
+        side when bursts let slots come out of order.
+        """
+        self.generation += 1
+        rewind = None
+        while self._ahead and self._ahead[-1][0] > now:
+            rewind = self._ahead.pop()[1]
+        self._ahead.clear()
+        if rewind is not None:
+            self._tat = min(self._tat, rewind)
 
     def _tolerance_s(self) -> float:
         return (self.spec.burst - 1) * self._interval_s

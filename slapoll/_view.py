@@ -1,8 +1,13 @@
 """The demo's live terminal view: one row per task, a footer for the engine.
 
-``render`` is a pure function of snapshots, so tests can print it to a
+``render`` is a pure function of snapshots (the statistics, the
+controller's plan, the sandbox's counts), so tests can print it to a
 ``Console`` writing into a string, and the demo can redraw it as often as
-it likes.
+it likes. Each task shows the interval the controller chose beside the
+longest interval that still keeps its SLA; the footer shows the pool the
+controller wants beside the one running, each limit key's planned demand
+against its budget (and what is missing when it does not fit), and the
+429s the API sent.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from ._control import ControlPlan, KeyPlan, TaskPlan
 from ._stats import EngineStatistics, TaskStatistics
 from .sandbox import SandboxStatistics
 
@@ -30,18 +36,22 @@ def render(
     requests_per_s: float,
     sandbox: SandboxStatistics | None,
     elapsed_s: float | None = None,
+    plan: ControlPlan | None = None,
 ) -> RenderableType:
     """Return the view of one moment: the task table above the footer.
 
     *requests_per_s* is the request rate the caller measured (the view keeps
     no history); *sandbox* adds the API's 429 and 304 counts when given;
-    *elapsed_s*, how long the caller has been running, heads the footer.
+    *elapsed_s*, how long the caller has been running, heads the footer;
+    *plan*, the controller's latest, adds each task's SLA-safe interval,
+    the pool's target size and the limit keys (before the first plan they
+    read "-").
     """
-    footer = _footer(stats, requests_per_s, sandbox, elapsed_s)
-    return Group(_task_table(stats), footer)
+    footer = _footer(stats, requests_per_s, sandbox, elapsed_s, plan)
+    return Group(_task_table(stats, plan), footer)
 
 
-def _task_table(stats: EngineStatistics) -> Table:
+def _task_table(stats: EngineStatistics, plan: ControlPlan | None) -> Table:
     count = len(stats.tasks)
     tasks = {0: "no tasks", 1: "1 task"}.get(count, f"{count} tasks")
     table = Table(
@@ -50,17 +60,18 @@ def _task_table(stats: EngineStatistics) -> Table:
         expand=False,
     )
     table.add_column("task", no_wrap=True)
-    for name in ("targets", "SLA", "interval", "attainment", "violating"):
+    for name in ("targets", "SLA", "interval", "SLA-safe", "attainment"):
         table.add_column(name, justify="right")
-    for name in ("worst stale", "lag p99", "runs ok/err/timeout"):
+    for name in ("violating", "worst stale", "lag p99", "runs ok/err/timeout"):
         table.add_column(name, justify="right")
 
+    plans = {} if plan is None else {t.name: t for t in plan.tasks}
     for task in sorted(stats.tasks.values(), key=lambda t: (-t.priority, t.name)):
-        table.add_row(*_task_row(task))
+        table.add_row(*_task_row(task, plans.get(task.name)))
     return table
 
 
-def _task_row(task: TaskStatistics) -> list[RenderableType]:
+def _task_row(task: TaskStatistics, plan: TaskPlan | None) -> list[RenderableType]:
     runs = task.runs
     outcomes = (runs.get("success", 0), runs.get("error", 0), runs.get("timeout", 0))
     stale_style = "red" if task.worst_staleness_s > task.sla_s else ""
@@ -75,6 +86,7 @@ def _task_row(task: TaskStatistics) -> list[RenderableType]:
         targets,
         _duration(task.sla_s),
         _duration(task.interval_s),
+        _sla_safe(plan),
         _attainment(task.attainment),
         Text(str(task.violating), style=violating_style),
         Text(_duration(task.worst_staleness_s), style=stale_style),
@@ -88,10 +100,13 @@ def _footer(
     requests_per_s: float,
     sandbox: SandboxStatistics | None,
     elapsed_s: float | None,
+    plan: ControlPlan | None,
 ) -> Text:
     parts = [] if elapsed_s is None else [f"up {elapsed_s:.1f}s"]
+    target = "-" if plan is None else str(plan.pool.target_size)
     parts += [
         f"workers {stats.busy_workers}/{stats.pool_size} busy",
+        f"pool target {target}",
         f"ready {stats.ready}",
         f"{requests_per_s:.1f} req/s",
     ]
@@ -101,7 +116,33 @@ def _footer(
             f"304s {sandbox.not_modified}",
             f"requests {sandbox.requests}",
         ]
-    return Text("  ·  ".join(parts))
+    footer = Text("  ·  ".join(parts))
+    # A template's budget is per credential, enforced request by request;
+    # the plan sums its demand as if it were one key, which reads wrong.
+    keys = [] if plan is None else [k for k in plan.keys if "{" not in k.name]
+    if keys:
+        footer.append("\nlimits  ")
+        for i, key in enumerate(keys):
+            footer.append("  ·  " if i else "")
+            footer.append_text(_key(key))
+    return footer
+
+
+def _key(key: KeyPlan) -> Text:
+    """``api 120/150 req/s``; a key that does not fit shows what it lacks."""
+    budget = "unlimited" if key.budget_rps is None else f"{key.budget_rps:.1f}"
+    text = Text(f"{key.name} {key.demand_rps:.1f}/{budget} req/s")
+    if not key.feasible:
+        text.append(f" short {key.deficit_rps:.1f} req/s", style="red")
+    return text
+
+
+def _sla_safe(plan: TaskPlan | None) -> Text:
+    """The longest interval that keeps the SLA; red when it cannot be kept."""
+    if plan is None:
+        return Text("-")
+    style = "" if plan.sla_feasible else "red"
+    return Text(_duration(plan.sla_safe_interval_s), style=style)
 
 
 def _attainment(share: float) -> Text:

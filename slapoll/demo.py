@@ -4,6 +4,12 @@ The demo starts the sandbox (rate-limited per token, long-tailed latency,
 ETags), declares three tasks with SLAs of 10 s, 30 s and 60 s, spreads the
 targets across them, one token per target, and shows the engine keeping
 its promises in a live terminal table until the duration ends or Ctrl-C.
+
+The tasks talk to the sandbox through ``ctx.http``, the engine's shared
+client: the sandbox's per-token limit is declared as a budget per token
+(``"sandbox:{token}"``), so no request is sent that the sandbox would
+refuse, and the layer sends each feed's ETag back, so unchanged feeds
+cost a 304.
 """
 
 from __future__ import annotations
@@ -12,9 +18,8 @@ import contextlib
 import logging
 import math
 import signal
-import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import attrs
 import httpx
@@ -23,28 +28,40 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from ._control import ControlPlan
 from ._engine import Engine
+from ._stats import EngineStatistics
 from ._task import RunContext, Task
 from ._view import render
 from .errors import ConfigError
-from .sandbox import Sandbox, SandboxConfig, serve_sandbox
+from .sandbox import (
+    RATE_LIMIT_WINDOW_S,
+    Sandbox,
+    SandboxConfig,
+    SandboxStatistics,
+    serve_sandbox,
+)
 
 __all__ = ["DemoResult", "run_demo"]
 
 # The pool the demo starts with; a few dozen concurrent requests at a mean
 # latency of about 0.1 s is several hundred requests per second.
 DEMO_WORKERS = 64
+# The most the controller may grow it to. The sandbox needs a few dozen
+# requests in flight; past that the shared client only gets slower (its
+# connection pool scans every connection for every request), runs take
+# longer, Little's law asks for still more workers, and a 40 s demo grew
+# to 528 workers and lost the 10 s SLA.
+DEMO_MAX_WORKERS = 64
 # The view is redrawn this often: smooth enough to watch, cheap enough that
 # a statistics sweep over all targets costs nothing noticeable.
 REFRESH_PERIOD_S = 0.5
-# httpx's own timeout, a backstop only: each task's timeout cancels first.
-HTTP_TIMEOUT_S = 30.0
-# The workers' requests are spread over this many clients of a few
-# connections each. httpcore's pool scans every waiting request against
-# every connection, so one client with 64 connections spent two thirds of
-# the demo's CPU there: 108 req/s, and the 10 s SLA lost (95% attainment).
-# Sixteen clients of four served all 195 req/s the targets asked for.
-HTTP_CLIENTS = 16
+# The sandbox's limit per token, declared as a budget per token: each
+# target polls with its own token, so each has its own budget.
+PER_TOKEN_LIMIT = "sandbox:{token}"
+# The whole API: nothing is declared (the sandbox has no global limit), but
+# drawing on it puts the demand of all tasks in the plan as one figure.
+API_LIMIT = "sandbox"
 
 
 @attrs.frozen
@@ -80,61 +97,45 @@ class DemoResult:
 
 
 class _Poller:
-    """The demo's task function: one GET of a feed, conditional on its ETag.
+    """The demo's task function: one GET of a feed through ``ctx.http``.
 
-    One instance serves every task; ETags are kept per (task, target).
+    The engine's client sends the feed's last ETag back, so an unchanged
+    feed answers 304, a fresh poll.
     """
 
-    def __init__(self, clients: list[httpx.AsyncClient], base_url: str) -> None:
-        self._clients = clients
+    def __init__(self, base_url: str) -> None:
         self._base_url = base_url
-        self._etags: dict[tuple[str, str], str] = {}
 
     async def __call__(self, ctx: RunContext, token: str, feed: int) -> None:
         """Fetch one feed; 304 is a fresh poll, 4xx and 5xx raise."""
-        target = (ctx.task, ctx.key)
         headers = {"Authorization": f"Bearer {token}"}
-        etag = self._etags.get(target)
-        if etag is not None:
-            headers["If-None-Match"] = etag
-
-        client = self._clients[feed % len(self._clients)]
-        response = await client.get(f"{self._base_url}/feeds/{feed}", headers=headers)
-
+        response = await ctx.http.get(f"{self._base_url}/feeds/{feed}", headers=headers)
         if response.status_code == httpx.codes.NOT_MODIFIED:
             return
         # Raises on 429 and 5xx (and 4xx), so the run counts as an error.
         response.raise_for_status()
-        new_etag = response.headers.get("etag")
-        if new_etag is not None:
-            self._etags[target] = new_etag
 
 
-@contextlib.asynccontextmanager
-async def _open_clients() -> AsyncIterator[list[httpx.AsyncClient]]:
-    """Open ``HTTP_CLIENTS`` clients sharing ``DEMO_WORKERS`` connections."""
-    per_client = DEMO_WORKERS // HTTP_CLIENTS
-    limits = httpx.Limits(
-        max_connections=per_client, max_keepalive_connections=per_client
+def _declare_limits(engine: Engine, config: SandboxConfig) -> None:
+    """Declare the sandbox's limits: its bucket per token, and the API."""
+    engine.limit(
+        PER_TOKEN_LIMIT,
+        rate=config.rate_per_token,
+        burst=config.burst,
+        # X-RateLimit-Limit counts requests per minute, not per second.
+        window=RATE_LIMIT_WINDOW_S,
     )
-    # Building a TLS context costs about 50 ms; the sandbox is plain HTTP,
-    # so one context, never used, serves every client.
-    tls = ssl.create_default_context()
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(limits=limits, timeout=HTTP_TIMEOUT_S, verify=tls)
-            )
-            for _ in range(HTTP_CLIENTS)
-        ]
-        yield clients
 
 
 def _declare_tasks(engine: Engine, poller: _Poller, targets: int) -> list[Task]:
     """Declare the three demo tasks and deal *targets* out among them."""
     tasks = [
         engine.task(
-            name=spec.name, sla=spec.sla, priority=spec.priority, timeout=spec.timeout
+            name=spec.name,
+            sla=spec.sla,
+            priority=spec.priority,
+            timeout=spec.timeout,
+            limits=[API_LIMIT, PER_TOKEN_LIMIT],
         )(poller)
         for spec in DEMO_TASKS
     ]
@@ -187,31 +188,40 @@ async def _run(
     console: Console,
 ) -> DemoResult:
     engine = Engine(
-        metrics_address=metrics_address, registry=registry, workers=DEMO_WORKERS
+        metrics_address=metrics_address,
+        registry=registry,
+        workers=DEMO_WORKERS,
+        max_workers=DEMO_MAX_WORKERS,
     )
+    config = SandboxConfig()
     started_s = trio.current_time()
     async with trio.open_nursery() as nursery:
-        sandbox: Sandbox = await nursery.start(serve_sandbox, SandboxConfig())
-        async with _open_clients() as clients:
-            _declare_tasks(engine, _Poller(clients, sandbox.url), targets)
-            await _run_with_view(engine, sandbox, duration_s, console)
+        sandbox: Sandbox = await nursery.start(serve_sandbox, config)
+        _declare_limits(engine, config)
+        _declare_tasks(engine, _Poller(sandbox.url), targets)
+        final = await _run_with_view(engine, sandbox, duration_s, console)
         nursery.cancel_scope.cancel()
 
-    stats = engine.statistics()
     api = sandbox.statistics()
     return DemoResult(
         elapsed_s=trio.current_time() - started_s,
-        runs=stats.runs_total,
+        runs=engine.statistics().runs_total,
         requests=api.requests,
         too_many=api.too_many,
-        attainment={name: task.attainment for name, task in stats.tasks.items()},
+        attainment={name: task.attainment for name, task in final.tasks.items()},
     )
 
 
 async def _run_with_view(
     engine: Engine, sandbox: Sandbox, duration_s: float | None, console: Console
-) -> None:
-    """Run *engine* under the live view until the duration or a signal."""
+) -> EngineStatistics:
+    """Run *engine* under the live view until the duration or a signal.
+
+    Returns the statistics taken when the stop was asked for, which the
+    last frame shows: while in-flight runs drain nothing new starts, so
+    staleness grows for every target, and a frame drawn after the drain
+    would show violations that never happened while the engine ran.
+    """
     view = _View(engine, sandbox)
     stop_requested = trio.Event()
     deadline = math.inf if duration_s is None else trio.current_time() + duration_s
@@ -230,13 +240,15 @@ async def _run_with_view(
             with trio.move_on_at(deadline):
                 await stop_requested.wait()
 
+            final = view.snapshot()
             engine.stop()
             if not engine.running:
                 # A signal came before the engine even started: nothing is
                 # in flight, so there is nothing to wait for.
                 nursery.cancel_scope.cancel()
             await trio.sleep_forever()
-        live.update(view.frame(final=True), refresh=True)
+        live.update(view.frame(final, final=True), refresh=True)
+    return final.engine
 
 
 async def _watch_signals(
@@ -257,6 +269,16 @@ async def _watch_signals(
             stop_requested.set()
 
 
+@attrs.frozen
+class _Snapshot:
+    """The engine, its plan and the sandbox at one moment (engine clock)."""
+
+    at_s: float
+    engine: EngineStatistics
+    plan: ControlPlan | None
+    api: SandboxStatistics
+
+
 class _View:
     """Snapshots for the live view, and the request rate between them."""
 
@@ -267,27 +289,39 @@ class _View:
         self._last = (self._started_s, 0)
         self._rate = 0.0
 
-    def frame(self, *, final: bool = False) -> RenderableType:
-        """Render the engine and the sandbox as they are now.
+    def snapshot(self) -> _Snapshot:
+        """Take the engine's statistics, its plan and the sandbox's now."""
+        return _Snapshot(
+            at_s=trio.current_time(),
+            engine=self._engine.statistics(),
+            plan=self._engine.plan,
+            api=self._sandbox.statistics(),
+        )
+
+    def frame(
+        self, snapshot: _Snapshot | None = None, *, final: bool = False
+    ) -> RenderableType:
+        """Render *snapshot* (by default one taken now).
 
         The request rate is over the last refresh period, or over the whole
-        run for the *final* frame.
+        run up to the snapshot for the *final* frame.
         """
-        api = self._sandbox.statistics()
-        now = trio.current_time()
-        elapsed_s = now - self._started_s
+        now = self.snapshot() if snapshot is None else snapshot
+        api = now.api
+        elapsed_s = now.at_s - self._started_s
         last_at, last_requests = self._last
         if final and elapsed_s > 0:
             self._rate = api.requests / elapsed_s
         # A rate over a very short span is noise; keep the last one.
-        elif now - last_at >= REFRESH_PERIOD_S / 2:
-            self._rate = (api.requests - last_requests) / (now - last_at)
-            self._last = (now, api.requests)
+        elif now.at_s - last_at >= REFRESH_PERIOD_S / 2:
+            self._rate = (api.requests - last_requests) / (now.at_s - last_at)
+            self._last = (now.at_s, api.requests)
         return render(
-            self._engine.statistics(),
+            now.engine,
             requests_per_s=self._rate,
             sandbox=api,
             elapsed_s=elapsed_s,
+            plan=now.plan,
         )
 
     async def refresh_forever(self, live: Live) -> None:

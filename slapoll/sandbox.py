@@ -6,9 +6,14 @@ It serves one endpoint, ``GET /feeds/{id}``, to any bearer token:
 - each token has its own token bucket (``rate_per_token`` requests per
   second, ``burst`` at once); an empty bucket answers 429 with
   ``Retry-After`` at once, without the latency;
-- every answer carries GitHub-style ``X-RateLimit-Limit`` (the sustained
-  rate per 60 s window), ``-Remaining`` (requests that may be sent right
-  now) and ``-Reset`` (epoch second at which the bucket is full again);
+- every answer carries ``X-RateLimit-Limit`` (the sustained rate per 60 s
+  window, as GitHub counts per hour), ``-Remaining`` (requests that would
+  be accepted right now) and ``-Reset`` (the epoch second, rounded up, by
+  which one more request than that will be accepted: once the remaining
+  ones are spent, when the next is). Read as a quota, "Remaining until
+  Reset", that is what a token bucket promises; "until the bucket is full
+  again" would hold a client that read it so back several times longer
+  than the bucket does;
 - an accepted request waits a lognormal latency (median and p99 configured,
   so the tail is long) and then answers 200 with a small JSON document whose
   ``ETag`` changes every ``change_every_s``; ``If-None-Match`` with the
@@ -355,8 +360,10 @@ class Sandbox:
         )
 
     def _rate_headers(self, left: float) -> list[tuple[bytes, bytes]]:
-        full_in_s = self._buckets.seconds_until(left, self.config.burst)
-        reset = math.ceil(time.time() + full_in_s)
+        # A full bucket gains nothing more: its reset is now.
+        wanted = min(math.floor(left) + 1, self.config.burst)
+        next_in_s = self._buckets.seconds_until(left, wanted)
+        reset = math.ceil(time.time() + next_in_s)
         return [
             (b"x-ratelimit-limit", self._limit),
             (b"x-ratelimit-remaining", b"%d" % math.floor(left)),

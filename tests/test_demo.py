@@ -10,8 +10,10 @@ import trio
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
-from slapoll.demo import DEMO_TASKS, DemoResult, run_demo
+from slapoll._stats import EngineStatistics
+from slapoll.demo import DEMO_TASKS, DemoResult, _run_with_view, run_demo
 from slapoll.errors import ConfigError
+from slapoll.sandbox import SandboxStatistics
 
 # Long enough for a few first runs (their phases spread them over each
 # task's first interval), short enough to keep the suite fast.
@@ -88,3 +90,66 @@ async def test_bad_options_fail_before_anything_starts(
 
     with pytest.raises(ConfigError, match=message):
         await run_demo(**kwargs)  # type: ignore[arg-type]
+
+
+class _SlowToStop:
+    """An engine stand-in whose graceful stop takes ``DRAIN_S`` to drain."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.plan = None
+        self._stop = trio.Event()
+
+    async def run(self) -> None:
+        self.running = True
+        await self._stop.wait()
+        await trio.sleep(DRAIN_S)
+        self.running = False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def statistics(self) -> EngineStatistics:
+        return EngineStatistics(
+            now_s=trio.current_time(),
+            pool_size=1,
+            busy_workers=0,
+            ready=0,
+            tasks={},
+            clock_jumps=0,
+        )
+
+
+class _QuietSandbox:
+    """A sandbox stand-in that has answered nothing."""
+
+    def statistics(self) -> SandboxStatistics:
+        return SandboxStatistics(
+            port=1, requests=0, by_status={}, too_many=0, not_modified=0
+        )
+
+
+# The stand-in's drain, long enough that a frame drawn after it shows it.
+DRAIN_S = 10.0
+RUN_S = 5.0
+
+
+async def test_the_last_frame_shows_the_moment_stop_was_asked_for(
+    autojump_clock: object,
+) -> None:
+    """Draining takes time in which staleness grows for every target; the
+    last frame and the returned statistics are those taken at the stop."""
+    out = io.StringIO()
+    engine, sandbox = _SlowToStop(), _QuietSandbox()
+
+    final = await _run_with_view(
+        engine,  # type: ignore[arg-type]
+        sandbox,  # type: ignore[arg-type]
+        RUN_S,
+        Console(file=out, width=120),
+    )
+
+    assert final.now_s == pytest.approx(RUN_S)
+    assert trio.current_time() >= RUN_S + DRAIN_S
+    last_footer = [line for line in out.getvalue().splitlines() if "up " in line][-1]
+    assert "up 5.0s" in last_footer

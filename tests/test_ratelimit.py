@@ -172,17 +172,25 @@ def _events() -> st.SearchStrategy[list[tuple[float, str, float]]]:
 def test_no_window_ever_admits_more_than_rate_times_window_plus_burst(
     count: int, period: float, burst: int, events: list[tuple[float, str, float]]
 ) -> None:
-    """Any reserve calls, with any learning between: within rate*w + burst."""
+    """Any reserve calls, with any learning between: within rate*w + burst.
+
+    A booking is sent at its slot unless the generation changed first (as
+    the HTTP layer does); a voided one is released and not counted.
+    """
     rate = count / period
     b = KeyBudget(LimitSpec(rate=Rate(count, period), burst=burst), key="k")
     now = 0.0
-    slots = []
+    slots: list[float] = []
+    pending: list[float] = []
     for gap, kind, value in events:
         now += gap
+        slots += [slot for slot in pending if slot <= now]
+        pending = [slot for slot in pending if slot > now]
+        generation = b.generation
         if kind == "reserve":
             slot = send(b, now)
             assert slot >= now  # never a negative wait
-            slots.append(slot)
+            pending.append(slot)
         elif kind == "429":
             retry = None if value < 10 else value
             respond(b, now, 429, retry_after_s=retry, sent_at=now)
@@ -194,8 +202,12 @@ def test_no_window_ever_admits_more_than_rate_times_window_plus_burst(
             respond(b, now, 200, quotas=(quota,))
         else:
             respond(b, now, 200)
+        if b.generation != generation:
+            for _ in pending:
+                b.release()
+            pending = []
 
-    slots.sort()
+    slots = sorted(slots + pending)
     for i, j in itertools.combinations(range(len(slots)), 2):
         admitted = j - i + 1
         assert admitted <= rate * (slots[j] - slots[i]) + burst + 1e-6
@@ -290,6 +302,36 @@ def test_a_pause_voids_promised_slots() -> None:
     respond(b, 0.5, 429, retry_after_s=10.0)
     assert b.generation != generation
     assert send(b, 0.6) >= 10.5
+
+
+def test_voided_slots_that_were_never_sent_are_given_back() -> None:
+    """A pause voids slots booked ahead: they do not hold the key after it.
+
+    Ten slots at 10/s are booked at t=0 (the last for t=0.9); a 429 at
+    t=0.05 pauses 0.25 s. Only the first was sent, so after the pause the
+    key is free again, not idle until the voided slots would have passed.
+    """
+    b = budget(rate="10/s", min_pause="0.25s")
+    slots = [send(b, 0.0) for _ in range(10)]
+    assert slots[-1] == pytest.approx(0.9)
+
+    respond(b, 0.05, 429, sent_at=0.0)
+
+    assert b.next_slot(0.05) == pytest.approx(0.3)
+    assert send(b, 0.3) == pytest.approx(0.3)
+
+
+def test_slots_already_sent_are_not_given_back() -> None:
+    """Slots whose time has come were sent: a pause leaves them counted."""
+    b = budget(rate="10/s", min_pause="0.01s")
+    for _ in range(5):
+        send(b, 0.0)  # slots 0.0 to 0.4
+
+    respond(b, 0.45, 429, retry_after_s=0.01, sent_at=0.4)
+
+    # Five sent at 10/s owe the key until 0.5 s (a little more at the
+    # rate the 429 cut it to).
+    assert b.next_slot(0.46) >= 0.5
 
 
 def test_pause_is_logged_once_as_a_state_change(

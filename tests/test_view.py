@@ -8,6 +8,13 @@ import types
 
 from rich.console import Console, RenderableType
 
+from slapoll._control import (
+    ControlMemory,
+    ControlPlan,
+    KeyPlan,
+    PoolPlan,
+    TaskPlan,
+)
 from slapoll._stats import EngineStatistics, TaskStatistics
 from slapoll._view import render
 from slapoll.sandbox import SandboxStatistics
@@ -60,6 +67,52 @@ SANDBOX = SandboxStatistics(
 )
 
 
+def task_plan(name: str = "feed", **changes: object) -> TaskPlan:
+    fields: dict[str, object] = {
+        "name": name,
+        "interval_s": 27.5,
+        "sla_safe_interval_s": 28.75,
+        "unconstrained_interval_s": 27.5,
+        "sla_feasible": True,
+        "cause": None,
+    }
+    fields.update(changes)
+    return TaskPlan(**fields)  # type: ignore[arg-type]
+
+
+def key_plan(name: str = "api", **changes: object) -> KeyPlan:
+    fields: dict[str, object] = {
+        "name": name,
+        "budget_rps": 50.0,
+        "demand_rps": 36.4,
+        "demand_at_sla_rps": 34.8,
+        "feasible": True,
+        "deficit_rps": 0.0,
+        "violating": (),
+    }
+    fields.update(changes)
+    return KeyPlan(**fields)  # type: ignore[arg-type]
+
+
+def control_plan(
+    tasks: tuple[TaskPlan, ...] = (), keys: tuple[KeyPlan, ...] = ()
+) -> ControlPlan:
+    return ControlPlan(
+        tasks=tasks,
+        keys=keys,
+        pool=PoolPlan(
+            target_size=72,
+            wanted_size=72,
+            unbounded_size=72,
+            needed_concurrency=57.3,
+            saturation_limit=None,
+        ),
+        desired_replicas=1,
+        decisions=(),
+        memory=ControlMemory(pool_target_size=72, pool_changed_at_s=40.0),
+    )
+
+
 def text_of(renderable: RenderableType, *, color: bool = False) -> str:
     out = io.StringIO()
     console = Console(file=out, width=WIDTH, color_system="standard" if color else None)
@@ -72,10 +125,13 @@ def row_of(text: str, name: str) -> str:
 
 
 def test_row_shows_each_column_of_a_task() -> None:
-    """A task's row carries targets, SLA, interval, attainment and the rest."""
+    """A task's row carries targets, SLA, the chosen interval beside the
+    SLA-safe one from the plan, attainment and the rest."""
     stats = engine_stats(task_stats("feed", within_sla_s=995.0))
+    plan = control_plan(tasks=(task_plan("feed"),))
 
-    row = row_of(text_of(render(stats, requests_per_s=0.0, sandbox=None)), "feed")
+    view = render(stats, requests_per_s=0.0, sandbox=None, plan=plan)
+    row = row_of(text_of(view), "feed")
 
     cells = [cell.strip() for cell in row.strip("│ \n").split("│")]
     assert cells == [
@@ -83,6 +139,7 @@ def test_row_shows_each_column_of_a_task() -> None:
         "1000",
         "30s",
         "27.5s",
+        "28.8s",
         "99.50%",
         "0",
         "28.2s",
@@ -195,3 +252,66 @@ def test_an_engine_without_tasks_renders() -> None:
 
     assert "no tasks" in text
     assert "workers 12/64 busy" in text
+
+
+def test_without_a_plan_the_sla_safe_interval_and_target_read_as_dashes() -> None:
+    """Before the controller's first plan nothing is made up."""
+    text = text_of(render(engine_stats(task_stats()), requests_per_s=0.0, sandbox=None))
+
+    cells = [cell.strip() for cell in row_of(text, "feed").strip("│ \n").split("│")]
+    assert cells[4] == "-"
+    assert "pool target -" in text
+    assert "limits" not in text
+
+
+def test_footer_shows_the_pool_target_beside_the_pool() -> None:
+    """The size the controller wants next to the size running now."""
+    plan = control_plan(tasks=(task_plan(),))
+
+    text = text_of(
+        render(engine_stats(task_stats()), requests_per_s=0.0, sandbox=None, plan=plan)
+    )
+
+    assert "workers 12/64 busy" in text
+    assert "pool target 72" in text
+
+
+def test_footer_shows_each_keys_demand_against_its_budget() -> None:
+    """Planned demand over budget per plain limit key; unlimited keys say
+    so, and templates (a budget per credential) are left out."""
+    plan = control_plan(
+        tasks=(task_plan(),),
+        keys=(
+            key_plan("api"),
+            key_plan("api:{token}", budget_rps=None),
+            key_plan("search", budget_rps=None),
+        ),
+    )
+
+    text = text_of(
+        render(engine_stats(task_stats()), requests_per_s=0.0, sandbox=None, plan=plan)
+    )
+
+    limits = text.strip().splitlines()[-1]
+    assert limits.startswith("limits")
+    assert "api 36.4/50.0 req/s" in limits
+    assert "search 36.4/unlimited req/s" in limits
+    assert "short" not in limits
+    assert "{token}" not in limits  # budgets per credential are not planned
+
+
+def test_a_key_that_cannot_carry_its_tasks_shows_its_deficit_in_red() -> None:
+    """An infeasible key names the requests per second it lacks, and the
+    task it leaves without its SLA has its SLA-safe interval in red."""
+    plan = control_plan(
+        tasks=(task_plan(sla_feasible=False, cause="budget"),),
+        keys=(key_plan("api", feasible=False, deficit_rps=12.5, violating=("feed",)),),
+    )
+
+    output = text_of(
+        render(engine_stats(task_stats()), requests_per_s=0.0, sandbox=None, plan=plan),
+        color=True,
+    )
+
+    assert re.search(rf"{RED}\s*short 12\.5 req/s{RESET}", output)
+    assert re.search(rf"{RED}\s*28\.8s{RESET}", output)
