@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -P benchmarks/dispatch.py
 	$(BIN)/python -P benchmarks/control.py
+	$(BIN)/python -P benchmarks/http.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check slapoll tests benchmarks
