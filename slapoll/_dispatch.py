@@ -406,8 +406,8 @@ class Dispatcher:
         # wait for a worker is: the run's duration is what the upstream took.
         lag = start - due + budget_wait_s
         duration = end - start - budget_wait_s
-        task.lag.add(lag)
-        task.duration.add(duration)
+        task.lag.add(lag, end)
+        task.duration.add(duration, end)
         task.lag_buckets.observe(lag)
         task.duration_buckets.observe(duration)
         task.runs[outcome] += 1
@@ -416,7 +416,7 @@ class Dispatcher:
         self.busy_s_total += duration
 
         if outcome is _SUCCESS:
-            task.success_duration.add(duration)
+            task.success_duration.add(duration, end)
             # Staleness drops only now that the run completed, and counts
             # from when it started. (_account, inlined: a paused target's
             # run does not count.)

@@ -78,11 +78,13 @@ class RecentWindow:
         self._samples: deque[tuple[float, float]] = deque(maxlen=size)
         self.window_s = window_s
 
-    def add(self, value: float) -> None:
-        """Record one sample, taken now."""
-        now = _now()
-        self._samples.append((now, value))
-        self._expire(now)
+    def add(self, value: float, now: float | None = None) -> None:
+        """Record one sample taken at *now* (default: the current time).
+
+        Old samples are dropped when the window is read, not here: this is
+        on every run's path, and ``maxlen`` bounds the memory anyway.
+        """
+        self._samples.append((_now() if now is None else now, value))
 
     def _expire(self, now: float | None = None) -> None:
         samples = self._samples
