@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._policy import Outcome
-from ._schedule import catch_up, first_due
+from ._schedule import catch_up, retimed_due
 from ._task import RunContext, TargetState, Task
 from .errors import RunDeadlineError
 
@@ -39,6 +39,9 @@ _TIMEOUT = Outcome.TIMEOUT.value
 _SKIPPED = Outcome.SKIPPED.value
 _CANCELLED = Outcome.CANCELLED.value
 
+# A task is retimed when its interval moved by more than this share since
+# it last was; smaller changes take effect at each target's next due time.
+RETIME_TOLERANCE = 0.01
 # Timer heap entry: (due, seq, target, generation, attempt).
 _Timer = tuple[float, int, TargetState, int, int]
 # Ready heap entry: (SLA deadline, -priority, seq, target, due, attempt).
@@ -64,6 +67,8 @@ class Dispatcher:
         self.origin = 0.0
         self._seq = itertools.count()
         self._timers: list[_Timer] = []
+        # Entries left behind by retime(); compacted when they are half.
+        self._stale_timers = 0
         self._ready: list[_Ready] = []
         self._scheduler_lot = trio.lowlevel.ParkingLot()
         self._scheduler_wake_at = math.inf
@@ -189,6 +194,8 @@ class Dispatcher:
             return
         task = state.task
         if attempt == 0:
+            if due != state.next_due:
+                return  # retimed: a later entry holds the due time
             # The next due time follows from this one, never from when a run
             # ends. After a gap (a suspended process, an overload) the due
             # times that all passed collapse into the latest.
@@ -196,10 +203,8 @@ class Dispatcher:
             if now >= due + interval:
                 due, passed = catch_up(due, now, interval)
                 task.missed += passed
-            if interval == state.interval_s:
-                next_due = due + interval
-            else:
-                next_due = self._regrid(state, due, interval)
+            next_due = due + interval
+            state.interval_s = interval
             # A new scheduled run supersedes retries still pending from the
             # last one: bumping the generation drops their timers.
             state.generation = generation = generation + 1
@@ -212,46 +217,54 @@ class Dispatcher:
             return  # a scheduled run succeeded meanwhile: the retry is moot
         self._request_run(state, due, attempt, now)
 
-    def _regrid(self, state: TargetState, due: float, interval: float) -> float:
-        """The next due time after the task's interval changed.
+    def retime(self, task: Task, now: float) -> None:
+        """Move a task's pending due times onto its new interval.
 
-        Targets move back onto their phases on the new grid, so they stay
-        spread over the interval instead of bunching where the old grid put
-        them. The gap to the next due time stays between half an interval
-        and one: never longer than the new interval (the SLA-safe bound may
-        be what set it), never so short that it falls inside the run just
-        due. A target whose grid point is too close gets there in two steps.
+        Each pending due time is scaled by ``retimed_due``: targets stay
+        spread over the interval, and a change never adds runs beyond the
+        new rate. A shortened interval brings stretched targets in at once
+        rather than leaving them stale; a lengthened one defers them at
+        once, so a tightened budget is spent on the new plan, not on due
+        times laid under the old one.
+
+        Cheap changes are left to the next due time, which takes the
+        current interval anyway: the task is retimed only once its interval
+        differs from the one it was last retimed for by more than
+        ``RETIME_TOLERANCE``.
         """
-        on_grid = first_due(due, interval, state.phase_fraction(interval), self.origin)
-        if on_grid <= due:
-            on_grid += interval
-        if on_grid - due >= interval / 2:
-            state.interval_s = interval
-            return on_grid
-        state.interval_s = None  # still moving: regrid again next time
-        return due + interval / 2
-
-    def pull_in(self, task: Task, now: float) -> None:
-        """Bring a task's targets due later than one new interval forward.
-
-        When the controller shortens a task's interval (a budget restored,
-        margins shrunk), targets stretched earlier may be due far in the
-        future; waiting for those due times would keep them stale. Their
-        schedule moves onto the new grid now.
-        """
-        interval = task.interval_s
-        horizon = now + interval
+        interval, laid = task.interval_s, task.retimed_interval_s
+        if abs(interval - laid) <= RETIME_TOLERANCE * laid:
+            return
+        task.retimed_interval_s = interval
+        moved = 0
         for state in task.targets.values():
-            due = state.next_due
-            if state.paused or state.removed or due is None or due <= horizon:
+            old, due = state.interval_s, state.next_due
+            if state.paused or due is None or due <= now or old == interval:
                 continue
-            on_grid = first_due(
-                now, interval, state.phase_fraction(interval), self.origin
-            )
+            due = retimed_due(due, now, old, interval)
             state.interval_s = interval
-            state.generation += 1
-            state.next_due = on_grid
-            self.push_timer(on_grid, state, 0)
+            state.next_due = due
+            heapq.heappush(
+                self._timers, (due, next(self._seq), state, state.generation, 0)
+            )
+            moved += 1
+        if moved:
+            self._stale_timers += moved
+            if self._stale_timers > len(self._timers) // 2:
+                self._compact_timers()
+            self._scheduler_lot.unpark_all()
+
+    def _compact_timers(self) -> None:
+        """Drop heap entries that can no longer fire."""
+        self._timers[:] = [
+            entry
+            for entry in self._timers
+            if entry[3] == entry[2].generation
+            and not entry[2].removed
+            and (entry[4] != 0 or entry[0] == entry[2].next_due)
+        ]
+        heapq.heapify(self._timers)
+        self._stale_timers = 0
 
     def _request_run(
         self, state: TargetState, due: float, attempt: int, now: float

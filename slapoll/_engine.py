@@ -532,14 +532,12 @@ class Engine:
                 floors = self._http.min_intervals()
                 for task in self.tasks.values():
                     task.min_interval_s = floors.get(task.name, 0.0)
-            before = {name: task.interval_s for name, task in self.tasks.items()}
             now = trio.current_time()
             self._steering.step(
                 now, self.tasks.values(), self._dispatch, self._budgets()
             )
-            for name, task in self.tasks.items():
-                if task.interval_s < before[name]:
-                    self._dispatch.pull_in(task, now)
+            for task in self.tasks.values():
+                self._dispatch.retime(task, now)
             self.metrics.update(
                 await self._statistics_in_steps(), self._steering, self._http_stats
             )

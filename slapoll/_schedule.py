@@ -12,7 +12,7 @@ import hashlib
 import math
 from collections.abc import Iterable
 
-__all__ = ["catch_up", "first_due", "hash_fraction", "spread_fractions"]
+__all__ = ["catch_up", "first_due", "hash_fraction", "retimed_due", "spread_fractions"]
 
 # 64 bits of the digest give phases far finer than any clock tick.
 _HASH_BYTES = 8
@@ -73,3 +73,15 @@ def catch_up(due: float, now: float, interval_s: float) -> tuple[float, int]:
         return due, 0
     passed = math.floor((now - due) / interval_s)
     return due + passed * interval_s, passed
+
+
+def retimed_due(due: float, now: float, old_s: float, new_s: float) -> float:
+    """Return a pending *due* time, laid with interval *old_s*, moved onto *new_s*.
+
+    What is left of the wait scales with the interval:
+    ``now + (due - now) * new_s / old_s``. Due times spread evenly over the
+    old interval stay spread evenly over the new one, and the gap from the
+    due time before (``due - old_s``) to the moved one lies between the two
+    intervals: the change adds no runs beyond the new rate.
+    """
+    return now + (due - now) * (new_s / old_s)

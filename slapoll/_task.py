@@ -226,9 +226,9 @@ class TargetState:
         # A due time held back by the overlap policy: (due, attempt).
         self.pending: tuple[float, int] | None = None
         self.next_due: float | None = None
-        # The interval the schedule was laid with (None while it moves onto
-        # a new grid); see Dispatcher._regrid.
-        self.interval_s: float | None = task.interval_s
+        # The interval the pending due time was laid with; see
+        # Dispatcher.retime.
+        self.interval_s = task.interval_s
         # Timer entries of an older generation are stale and ignored.
         self.generation = 0
         self.account = SlaAccount(now)
@@ -288,6 +288,8 @@ class Task:
         # the SLA given measured margins, and the server's minimum.
         self.sla_safe_interval_s = self.interval_s
         self.min_interval_s = 0.0
+        # The interval the dispatcher last moved due times onto.
+        self.retimed_interval_s = self.interval_s
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} sla={self.policy.sla_s}s targets={len(self)}>"
@@ -316,7 +318,7 @@ class Task:
                 "runs; configure it before Engine.run()"
             )
         self.policy = self.policy.with_options(**options)
-        self.interval_s = self._initial_interval()
+        self.interval_s = self.retimed_interval_s = self._initial_interval()
 
     # -- targets -----------------------------------------------------------
 

@@ -389,11 +389,12 @@ async def test_targets_added_at_run_time_survive_a_restart(
     assert second.target_statistics("poll", "poll-y").paused
 
 
-async def test_a_shortened_interval_pulls_stretched_targets_in(
-    autojump_clock: object, engine_factory: EngineFactory
-) -> None:
-    """When a task's interval shrinks, targets due far later under the old
-    one are rescheduled within the new interval, not left stale."""
+async def steer_by_hand(
+    engine_factory: EngineFactory, changes: list[tuple[float, float]], end: float
+) -> list[float]:
+    """Run a task every 10 s from t=0, set its interval to each
+    ``(at, interval)`` of *changes* and retime it as the control loop
+    would; return when runs started."""
     engine = engine_factory(control_period="1h")  # the test steers by hand
     starts: list[float] = []
 
@@ -403,12 +404,34 @@ async def test_a_shortened_interval_pulls_stretched_targets_in(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(engine.run)
-        await trio.sleep(5)
-        poll.interval_s = 600.0  # stretched: the run at 10 s schedules 610 s
-        await trio.sleep(15)
-        poll.interval_s = 10.0
-        engine._dispatch.pull_in(poll, trio.current_time())
-        await trio.sleep(25)
+        for at, interval in changes:
+            await trio.sleep_until(at)
+            poll.interval_s = interval
+            engine._dispatch.retime(poll, trio.current_time())
+        await trio.sleep_until(end)
         engine.stop()
+    return starts
 
-    assert starts == [0.0, 10.0, 20.0, 30.0, 40.0]
+
+async def test_a_changed_interval_retimes_pending_due_times(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """When a task's interval changes, what is left of each pending wait
+    scales to the new interval at once: a stretch defers the next run, and
+    a shortening brings a stretched target in within the new interval
+    instead of leaving it stale."""
+    # At 5 s, 5 s of the 10 s wait are left: 300 s of 600, due at 305 s.
+    # At 20 s, 285 s of 600 are left: 4.75 s of 10.
+    starts = await steer_by_hand(engine_factory, [(5, 600.0), (20, 10.0)], 45)
+
+    assert starts == pytest.approx([0.0, 24.75, 34.75, 44.75], abs=1e-9)
+
+
+async def test_a_small_interval_change_waits_for_the_next_due_time(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """A change within the retime tolerance leaves the pending due time
+    alone; the run after it takes the new interval."""
+    starts = await steer_by_hand(engine_factory, [(5, 10.05)], 25)
+
+    assert starts == pytest.approx([0.0, 10.0, 20.05], abs=1e-9)

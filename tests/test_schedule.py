@@ -8,7 +8,13 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slapoll._schedule import catch_up, first_due, hash_fraction, spread_fractions
+from slapoll._schedule import (
+    catch_up,
+    first_due,
+    hash_fraction,
+    retimed_due,
+    spread_fractions,
+)
 
 intervals = st.floats(min_value=1e-3, max_value=86_400.0)
 fractions = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
@@ -99,3 +105,44 @@ def test_spread_phases_are_even_and_depend_only_on_the_key_set(
     assert all(0.0 <= p < 1.0 for p in phases)
     gaps = [b - a for a, b in itertools.pairwise(phases)]
     assert all(math.isclose(g, 1 / len(keys), abs_tol=1e-9) for g in gaps)
+
+
+@given(
+    now=times,
+    old=intervals,
+    new=intervals,
+    left=st.floats(min_value=0.0, max_value=1.0, exclude_min=True),
+)
+def test_a_retimed_due_time_keeps_the_rate_of_the_new_interval(
+    now: float, old: float, new: float, left: float
+) -> None:
+    """A due time pending at *now* (a share *left* of its wait to go) moves
+    to within one new interval of now, and the gap from the due time before
+    it lies between the old and the new interval: a change of interval
+    never brings a target's run earlier than either interval allows."""
+    due = now + left * old
+    moved = retimed_due(due, now, old, new)
+    slack = 1e-9 * max(1.0, abs(now), old, new)
+    assert now - slack <= moved <= now + new + slack
+    gap = moved - (due - old)
+    assert min(old, new) - slack <= gap <= max(old, new) + slack
+
+
+@given(
+    old=intervals,
+    new=intervals,
+    fractions=st.lists(fractions, min_size=2, max_size=50, unique=True),
+)
+def test_retiming_keeps_targets_in_the_order_and_spread_they_had(
+    old: float, new: float, fractions: list[float]
+) -> None:
+    """Targets pending over one old interval keep their order, and their
+    spacing scales by new / old: an even spread stays even."""
+    now = 1000.0
+    dues = sorted(now + old * (1 - f) for f in fractions)
+    moved = [retimed_due(d, now, old, new) for d in dues]
+    assert moved == sorted(moved)
+    for (a, b), (c, d) in zip(
+        itertools.pairwise(dues), itertools.pairwise(moved), strict=True
+    ):
+        assert math.isclose(d - c, (b - a) * new / old, rel_tol=1e-6, abs_tol=1e-6)

@@ -285,15 +285,6 @@ async def test_a_budget_halving_stretches_low_priorities_first_without_429s(
     assert sent <= HALF_RPS * (last.t - halved.t) + upstream.burst
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: the plan now leaves 10% of the budget and no lag "
-        "shortens an interval, but the runs the dispatcher starts exceed the "
-        "planned demand (13/s served against 8-12/s planned) while targets "
-        "move onto the new grids, so the ready queue does not drain"
-    ),
-)
 async def test_after_a_budget_halving_the_backlog_drains_and_the_plan_holds(
     autojump_clock: object, engine_factory: EngineFactory
 ) -> None:
@@ -374,14 +365,6 @@ async def test_an_infeasible_budget_reports_the_deficit_arithmetic(
     assert upstream.too_many == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: the backlog left by the drop (runs due at the old "
-        "intervals, more runs than planned while targets regrid) still "
-        "holds lag of tens of seconds 30 s on, which inflates the deficit"
-    ),
-)
 async def test_an_infeasible_budget_reports_what_the_slas_need(
     autojump_clock: object, engine_factory: EngineFactory
 ) -> None:
