@@ -108,12 +108,13 @@ MIN_CONCURRENCY_YIELD = 0.1
 # beyond the best concurrency seen: durations are noisy, and one sample
 # just above the best proves nothing.
 SATURATION_SPAN_FRACTION = 0.25
-# Plans leave this share of every budget unspent when they can. A plan that
-# spends all of it leaves nothing to drain the runs already queued (due at
-# older, shorter intervals, or held back by a burst): that queue then never
-# empties, its lag eats the SLA margins and the safe bounds shrink for
-# nothing. A tenth drains a backlog of a budget-second in ten seconds.
-BUDGET_UTILISATION = 0.9
+# Plans spend this share of every budget when they can, and keep the rest.
+# A plan that spends all of it leaves nothing to drain the runs already
+# queued (held back by a burst, or a budget that fell): that queue then
+# never empties, its lag eats the SLA margins and the safe bounds shrink for
+# nothing. Keeping 3% drains a backlog of a budget-second in half a minute
+# while leaving an API's allowance barely unused.
+BUDGET_UTILISATION = 0.97
 # Runs waiting to start are work the intervals do not account for (due at
 # older, shorter intervals, or left by a burst): the pool gets the workers
 # that clear them in this long, a few control periods.

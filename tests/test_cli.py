@@ -334,9 +334,9 @@ def test_check_reports_a_budget_too_small_for_the_slas(config: Path) -> None:
 
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    # The plan spends 90 % of the budget: 1.8/s, one run per 1.111 s each.
-    assert "feed    2        100ms     1.111s    900ms     no: over budget" in lines
-    assert "api    2/s     1.8/s   2.222/s      no: 13.33/m short" in lines
+    # The plan spends 97 % of the budget: 1.94/s, one run per 1.031 s each.
+    assert "feed    2        100ms     1.031s    900ms     no: over budget" in lines
+    assert "api    2/s     1.94/s  2.222/s      no: 13.33/m short" in lines
     assert "plan: SLA at risk for feed (api short by 13.33/m)" in lines
 
 
@@ -352,14 +352,15 @@ def test_check_rejects_a_bad_expected_duration(config: Path) -> None:
 
 @pytest.mark.usefixtures("isolated_imports")
 def test_check_plans_against_a_limit_declared_in_code(config: Path) -> None:
-    # Runs count as instant: feed's 2 targets draw 2/s at the 1 s SLA.
+    # Runs count as instant: feed's 2 targets draw 2/s at the 1 s SLA; the
+    # plan spends 97 % of the 1/s budget.
     for app in config.parent.glob("app_*.py"):
         app.write_text(APP + 'engine.limit("api", rate="1/s")\n')
 
     result = invoke("check", str(config))
 
     assert result.exit_code == 0, result.output
-    assert "api    1/s     54/m    2/s          no: 1/s short" in result.stdout
+    assert "api    1/s     58.2/m  2/s          no: 1/s short" in result.stdout
 
 
 TEMPLATE_APP = """

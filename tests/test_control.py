@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from slapoll import ConfigError, TaskPolicy
 from slapoll._control import (
+    BUDGET_UTILISATION,
     DECISION_FEASIBLE,
     DECISION_INFEASIBLE,
     DECISION_POOL_GROW,
@@ -348,7 +349,7 @@ def feeds(priority: int, targets: int, **options: object) -> TaskSnapshot:
 
 
 def test_with_room_to_spare_every_task_runs_at_its_preferred_interval() -> None:
-    # 25/s wanted, within 90% of 28/s.
+    # 25/s wanted, within 97% of 28/s.
     result = plan(snapshot(feeds(2, 100), feeds(1, 150), budgets={"github": 28.0}))
 
     assert result.intervals() == {"p1": 10.0, "p2": 10.0}
@@ -358,15 +359,16 @@ def test_with_room_to_spare_every_task_runs_at_its_preferred_interval() -> None:
 
 
 def test_a_tight_budget_stretches_the_lowest_priority_first() -> None:
-    # At 10 s the two draw 10 + 15 = 25/s. With 20/s the plan aims at 90%,
-    # 18/s: p2 keeps 10 s (10/s) and p1 gets 150 targets / 8/s = 18.75 s,
-    # still within its 50 s bound.
+    # At 10 s the two draw 10 + 15 = 25/s. With 20/s the plan aims at
+    # BUDGET_UTILISATION of it (19.4/s): p2 keeps 10 s (10/s) and p1's 150
+    # targets share the other 9.4/s, every 15.96 s, within their 50 s bound.
     result = plan(snapshot(feeds(2, 100), feeds(1, 150), budgets={"github": 20.0}))
 
+    aim = 20.0 * BUDGET_UTILISATION
     assert result.task("p2").interval_s == 10.0
-    assert result.task("p1").interval_s == pytest.approx(18.75)
+    assert result.task("p1").interval_s == pytest.approx(150 / (aim - 10.0))
     assert result.task("p1").stretched
-    assert result.key("github").demand_rps <= 18.0 + 1e-9
+    assert result.key("github").demand_rps <= aim + 1e-9
     assert result.feasible
 
 
@@ -374,19 +376,20 @@ def test_an_infeasible_budget_reports_the_deficit_arithmetic() -> None:
     # SLA 60 s minus a 10 s margin: both tasks are safe up to 50 s, where
     # 250 targets draw 250 / 50 = 5/s. The budget is 3/s: 2/s are missing.
     # p2 keeps its SLA at 50 s (2/s); p1 gets the remaining 1/s less the
-    # 10% of the budget kept back to drain queued runs: 0.7/s, so its 150
-    # targets run every 150 / 0.7 s.
+    # share of the budget kept back to drain queued runs (3% of 3/s):
+    # 0.91/s, so its 150 targets run every 150 / 0.91 s.
     result = plan(snapshot(feeds(2, 100), feeds(1, 150), budgets={"github": 3.0}))
 
     github = result.key("github")
     assert github.demand_at_sla_rps == pytest.approx(5.0)
     assert not github.feasible
     assert github.deficit_rps == pytest.approx(2.0)
-    assert github.demand_rps == pytest.approx(2.7)
+    p1_rps = 3.0 * BUDGET_UTILISATION - 2.0
+    assert github.demand_rps == pytest.approx(2.0 + p1_rps)
     assert github.violating == ("p1",)
     assert result.task("p2").interval_s == 50.0
     assert result.task("p2").sla_feasible
-    assert result.task("p1").interval_s == pytest.approx(150 / 0.7)
+    assert result.task("p1").interval_s == pytest.approx(150 / p1_rps)
     assert result.task("p1").cause == "budget"
     assert DECISION_INFEASIBLE in result.decisions
     assert not result.feasible
@@ -395,12 +398,12 @@ def test_an_infeasible_budget_reports_the_deficit_arithmetic() -> None:
 def test_when_higher_priorities_alone_exceed_the_budget_they_stretch_too() -> None:
     # p2 alone needs 100 / 50 = 2/s at its bound; the budget is 1/s. p1 is
     # stretched as far as it goes (50 s x 100), p2 takes what is left but
-    # the tenth of the budget kept back.
+    # the share of the budget kept back.
     result = plan(snapshot(feeds(2, 100), feeds(1, 150), budgets={"github": 1.0}))
 
     p1 = result.task("p1").interval_s
     assert p1 == 50.0 * MAX_STRETCH_FACTOR
-    room = 0.9 - 150 / p1
+    room = 1.0 * BUDGET_UTILISATION - 150 / p1
     assert result.task("p2").interval_s == pytest.approx(100 / room)
     assert result.key("github").violating == ("p1", "p2")
 
@@ -445,10 +448,11 @@ def test_a_task_on_two_keys_takes_the_longer_interval_either_asks_for() -> None:
     both = feeds(1, 100, limit_keys=("github", "github:token-7"))
     result = plan(snapshot(both, budgets={"github": 5.0, "github:token-7": 4.0}))
 
-    # 90% of each: 4.5/s asks for 22.2 s, 3.6/s for 27.8 s.
-    assert result.task("p1").interval_s == pytest.approx(100 / 3.6)
-    assert result.key("github").demand_rps == pytest.approx(3.6)
-    assert result.key("github:token-7").demand_rps <= 3.6 + 1e-9
+    # 97% of each: 4.85/s asks for 20.6 s, 3.88/s for 25.8 s.
+    aim = 4.0 * BUDGET_UTILISATION
+    assert result.task("p1").interval_s == pytest.approx(100 / aim)
+    assert result.key("github").demand_rps == pytest.approx(aim)
+    assert result.key("github:token-7").demand_rps <= aim + 1e-9
 
 
 def test_a_key_no_limit_names_is_unlimited() -> None:

@@ -60,8 +60,8 @@ def test_declared_figures_stand_in_for_measurements() -> None:
 
 def test_an_infeasible_budget_is_shown_with_its_deficit() -> None:
     # Both tasks are safe up to 60 - 10 = 50 s, where 250 targets draw 5/s;
-    # the budget is 3/s, planned to 90 %: 2.7/s. "high" keeps 50 s (2/s),
-    # "low" gets the 0.7/s left: 150 / 0.7 = 214 s.
+    # the budget is 3/s, planned to 97 %: 2.91/s. "high" keeps 50 s (2/s),
+    # "low" gets the 0.91/s left: 150 / 0.91 = 165 s.
     snapshot = declared_snapshot(
         [declared("high", 100, priority=2), declared("low", 150, priority=1)],
         budgets_rps={"github": 3.0},
@@ -72,13 +72,13 @@ def test_an_infeasible_budget_is_shown_with_its_deficit() -> None:
         "capacity plan, from the declared figures:",
         "task  targets  duration  interval  sla-safe  sla kept",
         "high  100      10s       50s       50s       yes",
-        "low   150      10s       3m34s     50s       no: over budget",
+        "low   150      10s       2m45s     50s       no: over budget",
         "",
         "limit   budget  demand  at sla-safe  fits",
-        "github  3/s     2.7/s   5/s          no: 2/s short",
+        "github  3/s     2.91/s  5/s          no: 2/s short",
         "",
         "workers needed: 16 (between 1 and 16)",
-        "  Little's law: 27 busy on average, 34 with 25% headroom",
+        "  Little's law: 29.1 busy on average, 37 with 25% headroom",
         "  that is more than max_workers: add replicas or raise it",
         "desired replicas: 3 (at most 16 workers per process)",
         "plan: SLA at risk for low (github short by 2/s)",
