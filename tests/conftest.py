@@ -7,8 +7,14 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
+from hypothesis import settings
 
 import slapoll
+
+# Properties are about values, not speed (benchmarks/ measures speed): on a
+# shared, noisy machine a per-example deadline only makes them flaky.
+settings.register_profile("slapoll", deadline=None)
+settings.load_profile("slapoll")
 
 # A fixed wall-clock reading for engines on the virtual clock: whole hours,
 # so due-time grids line up with round numbers in the tests.
