@@ -105,6 +105,8 @@ class TaskSnapshot:
     lately; ``duration_mean_s``, the mean of the latest runs, feeds
     Little's law. ``min_interval_s`` is the
     shortest interval the server allows (``X-Poll-Interval``), 0 if none.
+    ``timeout_s`` is the task's declared run timeout (``None``: none
+    declared), the longest a failed attempt takes before its retry.
     ``interval_s`` is the interval in force, to tell a stretch from a
     restore; ``None`` before the first plan. ``ready`` counts the task's
     runs that are due and wait for a worker: the engine's backlog.
@@ -122,6 +124,7 @@ class TaskSnapshot:
     duration_mean_s: float = 0.0
     retries: int = 0
     retry_backoff_s: float = 0.0
+    timeout_s: float | None = None
     min_interval_s: float = 0.0
     interval_s: float | None = None
     ready: int = 0
@@ -139,6 +142,8 @@ class TaskSnapshot:
         _number(f"{what} requests_per_run", self.requests_per_run, 0, strict=True)
         if self.interval_s is not None:
             _number(f"{what} interval_s", self.interval_s, 0, strict=True)
+        if self.timeout_s is not None:
+            _number(f"{what} timeout_s", self.timeout_s, 0, strict=True)
         for field in (
             "lag_margin_s",
             "duration_margin_s",
@@ -186,6 +191,7 @@ class TaskSnapshot:
             duration_mean_s=duration_mean_s,
             retries=policy.retries,
             retry_backoff_s=policy.retry_backoff_s,
+            timeout_s=policy.timeout_s,
             min_interval_s=min_interval_s,
             interval_s=interval_s,
             ready=ready,
@@ -195,9 +201,9 @@ class TaskSnapshot:
     def margin_s(self) -> float:
         """What the SLA-safe bound keeps back from the SLA.
 
-        Lag and duration margins, and room for one retry (its backoff and
-        another run) when retries are configured: a run that fails refreshes
-        nothing, so the retry has to land inside the SLA too.
+        Lag and duration margins, and room for one retry when retries are
+        configured: a run that fails refreshes nothing, so the retry has to
+        land inside the SLA too.
         """
         return self.lag_margin_s + self.run_margin_s
 
@@ -207,11 +213,17 @@ class TaskSnapshot:
 
         The duration margin, and a retry's room; lag left out. It may keep
         a preferred interval short of the SLA; lag may not (see
-        ``slapoll._control._bounds``).
+        ``slapoll._control._bounds``). The retry's room is the failed
+        attempt, the backoff and the duration margin again; the failed
+        attempt counts as the timeout when one is declared (a run that
+        hangs fails no sooner), else as the duration margin.
         """
         margin = self.duration_margin_s
         if self.retries:
-            margin += self.retry_backoff_s + self.duration_margin_s
+            failed = (
+                self.duration_margin_s if self.timeout_s is None else self.timeout_s
+            )
+            margin += failed + self.retry_backoff_s
         return margin
 
 

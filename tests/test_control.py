@@ -82,6 +82,7 @@ def task_snapshots(draw: st.DrawFn, name: str) -> TaskSnapshot:
         duration_mean_s=share(draw) * sla / 8,
         retries=retries,
         retry_backoff_s=share(draw) * sla / 8 if retries else 0.0,
+        timeout_s=draw(st.none() | st.integers(1, 100).map(lambda n: n * sla / 100)),
         min_interval_s=share(draw) * sla / 2,
         interval_s=interval * sla if interval else None,
     )
@@ -494,6 +495,22 @@ def test_retries_keep_room_for_one_more_attempt() -> None:
     assert plan(snapshot(task)).task("p1").sla_safe_interval_s == 33.0
 
 
+def test_a_retry_makes_room_for_a_failed_attempt_up_to_its_timeout() -> None:
+    # A run that hangs fails at its timeout, not after a usual duration:
+    # 60 - 2 lag - (15 timeout + 5 backoff) - 10 for the retry to succeed.
+    task = feeds(
+        1,
+        10,
+        preferred_interval_s=None,
+        lag_margin_s=2.0,
+        retries=1,
+        retry_backoff_s=5.0,
+        timeout_s=15.0,
+    )
+
+    assert plan(snapshot(task)).task("p1").sla_safe_interval_s == 28.0
+
+
 def test_a_server_minimum_above_the_safe_bound_makes_the_sla_infeasible() -> None:
     task = feeds(1, 10, min_interval_s=55.0)
 
@@ -526,7 +543,12 @@ def test_requests_per_run_multiply_the_demand() -> None:
 
 def test_a_plan_from_a_policy_takes_the_declared_figures() -> None:
     policy = TaskPolicy.from_options(
-        sla="1m", every="10s", priority=2, limits=["github"], retries=1
+        sla="1m",
+        every="10s",
+        priority=2,
+        limits=["github"],
+        retries=1,
+        timeout="20s",
     )
 
     task = TaskSnapshot.from_policy("feed", policy, targets=5, duration_mean_s=1.0)
@@ -537,6 +559,7 @@ def test_a_plan_from_a_policy_takes_the_declared_figures() -> None:
     assert task.limit_keys == ("github",)
     assert task.retries == 1
     assert task.retry_backoff_s == 1.0
+    assert task.timeout_s == 20.0
 
 
 # -- the pool -----------------------------------------------------------------
