@@ -481,8 +481,19 @@ def test_a_preferred_interval_past_the_safe_bound_yields_to_the_sla() -> None:
     assert result.task("p1").sla_feasible
 
 
-def test_retries_keep_room_for_one_more_attempt() -> None:
-    # 60 - (2 lag + 10 duration) - (5 backoff + 10 duration) = 33.
+@pytest.mark.parametrize(
+    ("timeout_s", "safe_s"),
+    [
+        # 60 - 2 lag - (10 failed attempt + 5 backoff) - 10 duration = 33.
+        (None, 33.0),
+        # A run that hangs fails at its timeout, not after a usual duration:
+        # 60 - 2 lag - (15 timeout + 5 backoff) - 10 duration = 28.
+        (15.0, 28.0),
+    ],
+)
+def test_retries_keep_room_for_one_more_attempt(
+    timeout_s: float | None, safe_s: float
+) -> None:
     task = feeds(
         1,
         10,
@@ -490,25 +501,10 @@ def test_retries_keep_room_for_one_more_attempt() -> None:
         lag_margin_s=2.0,
         retries=1,
         retry_backoff_s=5.0,
+        timeout_s=timeout_s,
     )
 
-    assert plan(snapshot(task)).task("p1").sla_safe_interval_s == 33.0
-
-
-def test_a_retry_makes_room_for_a_failed_attempt_up_to_its_timeout() -> None:
-    # A run that hangs fails at its timeout, not after a usual duration:
-    # 60 - 2 lag - (15 timeout + 5 backoff) - 10 for the retry to succeed.
-    task = feeds(
-        1,
-        10,
-        preferred_interval_s=None,
-        lag_margin_s=2.0,
-        retries=1,
-        retry_backoff_s=5.0,
-        timeout_s=15.0,
-    )
-
-    assert plan(snapshot(task)).task("p1").sla_safe_interval_s == 28.0
+    assert plan(snapshot(task)).task("p1").sla_safe_interval_s == safe_s
 
 
 def test_a_server_minimum_above_the_safe_bound_makes_the_sla_infeasible() -> None:
