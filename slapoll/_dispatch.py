@@ -377,32 +377,27 @@ class Dispatcher:
             outcome = _SUCCESS
         except Exception as exc:
             outcome = _TIMEOUT if isinstance(exc, RunDeadlineError) else _ERROR
-            self._log_failure(state, exc)
+            self._log_failure(state, _describe(exc))
         except BaseException:
             # trio.Cancelled, alone or grouped by a nursery inside the run.
             # Only the watchdog cancels the worker's scope: a timeout. Any
             # other cancellation is the engine shutting down.
             timed_out = slot.scope.cancel_called
             outcome = _TIMEOUT if timed_out else _CANCELLED
+            if timed_out:
+                self._log_failure(state, f"timed out after {timeout:g}s")
             raise
         finally:
             slot.run_id = -1
             state.deadlines.remove(deadline)
             self._finish(state, due, attempt, start, outcome, ctx.budget_wait_s)
 
-    def _log_failure(self, state: TargetState, exc: Exception) -> None:
-        # Only the exception's type: its message may quote a URL or a
-        # token. The first failure after a success is a warning, the rest
-        # of the streak debug lines, so a target failing on every run does
-        # not flood the log.
+    def _log_failure(self, state: TargetState, what: str) -> None:
+        # The first failure after a success is a warning, the rest of the
+        # streak debug lines, so a target failing on every run does not
+        # flood the log.
         level = logging.DEBUG if state.failures else logging.WARNING
-        logger.log(
-            level,
-            "%s[%s]: run failed: %s",
-            state.task.name,
-            state.key,
-            type(exc).__name__,
-        )
+        logger.log(level, "%s[%s]: run failed: %s", state.task.name, state.key, what)
 
     def _finish(
         self,
@@ -473,3 +468,12 @@ class _WorkerSlot:
     def __init__(self) -> None:
         self.run_id = -1
         self.scope = trio.CancelScope()
+
+
+def _describe(exc: Exception) -> str:
+    """Name a run's exception without its message, which may quote a URL
+    or a token: the type, and the status of an HTTP response that carried
+    one (``httpx.HTTPStatusError``)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    name = type(exc).__name__
+    return name if not isinstance(status, int) else f"{name} (HTTP {status})"

@@ -128,10 +128,12 @@ async def test_earliest_deadline_runs_first_under_overload(
 
 
 async def test_hung_run_is_cancelled_at_its_timeout_and_the_target_runs_again(
-    autojump_clock: object, engine_factory: EngineFactory
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A run that never returns is cancelled at timeout, counted, and the next
-    due time runs normally."""
+    """A run that never returns is cancelled at timeout, counted, logged, and
+    the next due time runs normally."""
     engine = engine_factory()
     starts: list[float] = []
 
@@ -141,13 +143,15 @@ async def test_hung_run_is_cancelled_at_its_timeout_and_the_target_runs_again(
         if len(starts) == 1:
             await trio.sleep_forever()
 
-    await run_for(engine, 25.0)
+    with caplog.at_level(logging.WARNING, logger="slapoll"):
+        await run_for(engine, 25.0)
 
     stats = engine.statistics().tasks["stuck"]
     assert starts == [0.0, 10.0, 20.0]
     assert stats.runs["timeout"] == 1
     assert stats.runs["success"] == 2
     assert stats.duration_p99_s == pytest.approx(4.0)
+    assert "stuck[default]: run failed: timed out after 4s" in caplog.text
 
 
 async def test_targets_added_and_removed_while_running(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -146,3 +147,27 @@ def test_ctx_http_outside_a_running_engine_is_a_usage_error() -> None:
     ctx = Context(state, 0.0, 0, 1.0, None)
     with pytest.raises(slapoll.UsageError, match=r"ctx\.http exists only"):
         _ = ctx.http
+
+
+async def test_a_failed_request_is_logged_with_its_status_not_its_url(
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """raise_for_status() on a 404 logs the status, which says what went
+    wrong, and not the message, which quotes a URL holding the token."""
+    engine = engine_factory(
+        http_transport=httpx.MockTransport(lambda request: httpx.Response(404))
+    )
+
+    @engine.task(sla="20s", every="10s")
+    async def feed(ctx: RunContext, token: str) -> None:
+        response = await ctx.http.get(f"http://api.test/feed?token={token}")
+        response.raise_for_status()
+
+    feed.add_target("user:1", token="s3cret-token")
+    with caplog.at_level(logging.DEBUG, logger="slapoll"):
+        await run_for(engine, 5)
+
+    assert "feed[user:1]: run failed: HTTPStatusError (HTTP 404)" in caplog.text
+    assert "s3cret-token" not in caplog.text
