@@ -674,7 +674,9 @@ class Engine:
             next_due_s=state.next_due,
             last_success_start_s=state.last_success_start,
             staleness_s=staleness,
-            within_sla=staleness <= state.task.policy.sla_s,
+            # As in the task's count of violating targets: a paused target
+            # is not held to its SLA.
+            within_sla=state.paused or staleness <= state.task.policy.sla_s,
             observed_s=state.account.observed_s,
             within_sla_s=state.account.within_s,
             runs=state.runs,

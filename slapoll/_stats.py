@@ -11,7 +11,12 @@ __all__ = ["EngineStatistics", "TargetStatistics", "TaskStatistics"]
 
 @attrs.frozen
 class TargetStatistics:
-    """One target's state at ``now_s`` (engine clock, seconds)."""
+    """One target's state at ``now_s`` (engine clock, seconds).
+
+    ``within_sla`` is staleness within the SLA, and true while the target
+    is paused: a paused target is not held to its SLA, nor counted in its
+    task's ``violating``.
+    """
 
     task: str
     key: str

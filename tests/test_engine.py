@@ -189,7 +189,8 @@ async def test_targets_added_and_removed_while_running(
 async def test_paused_target_does_not_run_or_count(
     autojump_clock: object, engine_factory: EngineFactory
 ) -> None:
-    """Pausing stops runs and SLA time; resuming picks the schedule up."""
+    """Pausing stops runs and SLA time, and a paused target is not held to
+    its SLA; resuming picks the schedule up."""
     engine = engine_factory()
     runs: list[float] = []
 
@@ -204,10 +205,14 @@ async def test_paused_target_does_not_run_or_count(
         feed.pause("a")
         paused_at = trio.current_time()
         await trio.sleep(100)
+        while_paused = engine.target_statistics("feed", "a")
+        violating = engine.statistics().tasks["feed"].violating
         feed.resume("a")
         await trio.sleep(20)
         engine.stop()
 
+    assert while_paused.staleness_s > 100
+    assert (while_paused.paused, while_paused.within_sla, violating) == (True, True, 0)
     assert not [t for t in runs if paused_at < t < paused_at + 100]
     assert len(runs) == 4
     observed = engine.target_statistics("feed", "a").observed_s
