@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
 from .errors import DurationError
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["MAX_DURATION_S", "format_duration", "parse_duration"]
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# One or more number+unit parts, so "1h30m" reads as 5400 s.
+# One or more number+unit parts, largest unit first and each unit once, so
+# "1h30m" reads as 5400 s and "30s30s" is a typo, not a minute.
 _PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"(?:(?:\d+(?:\.\d+)?|\.\d+)(?:ms|s|m|h|d))+")
+# Ten years: longer is a typo, and would overflow the clock arithmetic.
+MAX_DURATION_S = 3650 * 86400.0
 
 Duration = str | int | float
 
@@ -39,12 +43,21 @@ def parse_duration(value: Duration, *, name: str = "duration") -> float:
         raise DurationError(
             f"{name} must be a finite, non-negative duration, got {value!r}"
         )
+    if seconds > MAX_DURATION_S:
+        raise DurationError(f"{name} must be at most 3650d (ten years), got {value!r}")
     return seconds
 
 
 def _parse_text(text: str, name: str) -> float:
     if _WHOLE.fullmatch(text):
-        return sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text))
+        parts = _PART.findall(text)
+        sizes = [_UNIT_S[unit] for _, unit in parts]
+        if any(a <= b for a, b in itertools.pairwise(sizes)):
+            raise DurationError(
+                f"{name} must give each unit once, largest first (as in "
+                f"'1h30m'), got {text!r}"
+            )
+        return sum(float(n) * _UNIT_S[u] for n, u in parts)
     if text.startswith("-"):
         raise DurationError(f"{name} must not be negative, got {text!r}")
     try:

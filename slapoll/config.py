@@ -79,7 +79,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
-from ._durations import parse_duration
+from ._durations import MAX_DURATION_S, parse_duration
 from ._engine import Engine, parse_address
 from ._http import _template_fields
 from ._policy import TaskPolicy
@@ -104,14 +104,14 @@ Address = NewType("Address", str)
 
 # The loosest policy there is: checking one option against it finds what is
 # wrong with that option alone, whatever the task declares.
-_LOOSEST_POLICY = TaskPolicy(sla_s=sys.float_info.max, overlap="allow")
+_LOOSEST_POLICY = TaskPolicy(sla_s=MAX_DURATION_S, overlap="allow")
 # The pool bounds an [engine] table is judged within while the code's own
 # are unknown: its workers and bounds must fit each other, not the defaults.
 _LOOSEST_POOL = {"min_workers": 1, "max_workers": sys.maxsize}
 _POOL_KNOBS = ("workers", "min_workers", "max_workers")
 # Likewise for one [limits.NAME] table: backoff and max_backoff are judged
 # against each other only when the file sets both.
-_LOOSEST_LIMIT = {"backoff": sys.float_info.min, "max_backoff": sys.float_info.max}
+_LOOSEST_LIMIT = {"backoff": sys.float_info.min, "max_backoff": MAX_DURATION_S}
 # Hooks phrase their messages with this subject; the key replaces it.
 _SUBJECT = "value"
 # A key TOML takes without quotes; others are shown quoted.
