@@ -756,6 +756,30 @@ def _spec_options(spec: LimitSpec) -> dict[str, object]:
 # -- applying --------------------------------------------------------------
 
 
+def _unknown_names(config: Config, engine: Engine) -> Iterator[str]:
+    """A ``[tasks.NAME]`` the engine does not declare, and a
+    ``[limits.NAME]`` that neither the code declares nor any task lists:
+    both are typos, which would otherwise change nothing, silently."""
+    tasks = sorted(engine.tasks)
+    for name in config.tasks:
+        if name not in engine.tasks:
+            yield (
+                f"[{_dotted('tasks', name)}] names a task the engine does not "
+                f"declare; known tasks: {', '.join(tasks) or '(none)'}"
+            )
+    listed = {key for task in engine.tasks.values() for key in task.policy.limits}
+    for task in config.tasks.values():
+        listed.update(task.limits or ())
+    known = sorted(listed | set(declared_limits(engine)))
+    for name in config.limits:
+        if name not in known:
+            yield (
+                f"[{_dotted('limits', name)}] names a limit key that no task "
+                f"lists and the code does not declare; known keys: "
+                f"{', '.join(known) or '(none)'}"
+            )
+
+
 def apply_config(config: Config, engine: Engine) -> None:
     """Override *engine*'s knobs, its tasks' options and its limits' budgets
     with *config*'s values.
@@ -765,14 +789,6 @@ def apply_config(config: Config, engine: Engine) -> None:
     before anything changes, so a ``ConfigError`` leaves the engine as it
     was. Must be called before the engine runs.
     """
-    known = sorted(engine.tasks)
-    for name in config.tasks:
-        if name not in engine.tasks:
-            raise ConfigError(
-                f"{config.path}: [{_dotted('tasks', name)}] names a task the engine "
-                f"does not declare; known tasks: {', '.join(known) or '(none)'}"
-            )
-
     knobs = config.engine.knobs()
     in_force = {"min_workers": engine.min_workers, "max_workers": engine.max_workers}
     declared = declared_limits(engine)
@@ -781,10 +797,12 @@ def apply_config(config: Config, engine: Engine) -> None:
         for name, limit in config.limits.items()
     }
     problems = [
+        *_unknown_names(config, engine),
         *(
             problem
             for name, task in config.tasks.items()
-            if (
+            if name in engine.tasks
+            and (
                 problem := _policy_problem(
                     engine.tasks[name].policy, name, task.options()
                 )

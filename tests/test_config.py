@@ -783,8 +783,9 @@ def test_every_problem_of_a_limits_table_is_listed(tmp_path: Path) -> None:
 
 def test_apply_config_declares_the_limits(tmp_path: Path) -> None:
     engine = make_engine()
+    uses = '[tasks.feed]\nlimits = ["github", "github:{account}"]\n'
 
-    apply_config(load_config(write(tmp_path, LIMITS)), engine)
+    apply_config(load_config(write(tmp_path, uses + LIMITS)), engine)
 
     limits = declared_limits(engine)
     assert limits["github"] == LimitSpec.from_options(
@@ -823,6 +824,7 @@ def test_backoff_beyond_the_declared_max_backoff_is_rejected_when_applied(
 ) -> None:
     config = load_config(write(tmp_path, '[limits.github]\nbackoff = "10m"\n'))
     engine = make_engine()
+    engine.tasks["feed"].configure(limits=["github"])
 
     with pytest.raises(
         ConfigError,
@@ -893,6 +895,31 @@ def test_unknown_task_is_rejected_naming_the_known_ones(tmp_path: Path) -> None:
         ),
     ):
         apply_config(config, make_engine())
+
+
+def test_a_limits_table_nothing_uses_is_rejected_naming_the_known_keys(
+    tmp_path: Path,
+) -> None:
+    """[limits.NAME] for a key no task lists and the code does not declare
+    is a typo: it would change nothing, so it is an error, listed with the
+    file's other problems."""
+    engine = make_engine()
+    engine.limit("github", rate="5000/h")
+    engine.tasks["feed"].configure(limits=["api"])
+    text = '[tasks.fead]\nsla = "30s"\n[limits.gihtub]\nrate = "1/s"\n'
+    config = load_config(write(tmp_path, text))
+
+    with pytest.raises(ConfigError) as caught:
+        apply_config(config, engine)
+
+    assert str(caught.value).endswith(
+        "slapoll.toml: 2 problems:\n"
+        "  - [tasks.fead] names a task the engine does not declare; "
+        "known tasks: digest, feed\n"
+        "  - [limits.gihtub] names a limit key that no task lists and the "
+        "code does not declare; known keys: api, github"
+    )
+    assert declared_limits(engine).keys() == {"github"}
 
 
 def test_every_longer_than_the_declared_sla_is_rejected(tmp_path: Path) -> None:
