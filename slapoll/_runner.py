@@ -28,12 +28,20 @@ async def run_until_signalled(engine: Engine) -> None:
                 count = 0
                 async for signum in signals:
                     count += 1
+                    name = signal.Signals(signum).name
                     if count == 1:
                         logger.info(
-                            "%s received: stopping", signal.Signals(signum).name
+                            "%s received: stopping (a second signal cancels "
+                            "the runs in flight)",
+                            name,
                         )
                         engine.stop()
                     else:
+                        logger.warning(
+                            "%s received again: cancelling %d runs in flight",
+                            name,
+                            engine.statistics().busy_workers,
+                        )
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)

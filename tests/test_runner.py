@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Callable
 
+import pytest
 import trio
 
 import slapoll
@@ -41,19 +43,23 @@ async def test_sigterm_stops_gracefully_and_lets_the_run_finish(
 
 
 async def test_second_signal_cancels_the_runs_in_flight(
-    autojump_clock: object, engine_factory: EngineFactory
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A second SIGINT does not wait for the grace period."""
+    """A second SIGINT does not wait for the grace period, and says so."""
     engine = engine_factory(shutdown_grace="100s")
     long_running(engine)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(slapoll.run_until_signalled, engine)
-        await trio.sleep(1)
-        os.kill(os.getpid(), signal.SIGINT)
-        await trio.sleep(1)
-        os.kill(os.getpid(), signal.SIGINT)
+    with caplog.at_level(logging.INFO, logger="slapoll"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slapoll.run_until_signalled, engine)
+            await trio.sleep(1)
+            os.kill(os.getpid(), signal.SIGINT)
+            await trio.sleep(1)
+            os.kill(os.getpid(), signal.SIGINT)
 
     runs = engine.statistics().tasks["report"].runs
     assert runs["cancelled"] == 1
     assert trio.current_time() < 3
+    assert "SIGINT received again: cancelling 1 runs in flight" in caplog.text
