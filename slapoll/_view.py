@@ -12,6 +12,7 @@ against its budget (and what is missing when it does not fit), and the
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -26,6 +27,18 @@ __all__ = ["render"]
 # second yellow; below both, red. Four and two nines are the common tiers.
 ATTAINMENT_GOOD = 0.999
 ATTAINMENT_FAIR = 0.99
+# The columns after the task's name.
+_COLUMNS = (
+    "targets",
+    "SLA",
+    "inter-\nval",
+    "SLA-\nsafe",
+    "attain-\nment",
+    "violat-\ning",
+    "worst\nstale",
+    "lag\np99",
+    "runs\nok/err/to",
+)
 # Durations below one second read better in milliseconds.
 _MS_PER_S = 1000.0
 
@@ -54,16 +67,20 @@ def render(
 def _task_table(stats: EngineStatistics, plan: ControlPlan | None) -> Table:
     count = len(stats.tasks)
     tasks = {0: "no tasks", 1: "1 task"}.get(count, f"{count} tasks")
+    # Headings of two short lines and a light frame, so that every column
+    # fits in 80 terminal columns with its values whole.
     table = Table(
         title=f"slapoll: {tasks}",
         title_justify="left",
         expand=False,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
     )
     table.add_column("task", no_wrap=True)
-    for name in ("targets", "SLA", "interval", "SLA-safe", "attainment"):
-        table.add_column(name, justify="right")
-    for name in ("violating", "worst stale", "lag p99", "runs ok/err/timeout"):
-        table.add_column(name, justify="right")
+    for name in _COLUMNS:
+        table.add_column(name, justify="right", no_wrap=True)
 
     plans = {} if plan is None else {t.name: t for t in plan.tasks}
     for task in sorted(stats.tasks.values(), key=lambda t: (-t.priority, t.name)):

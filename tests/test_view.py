@@ -113,15 +113,22 @@ def control_plan(
     )
 
 
-def text_of(renderable: RenderableType, *, color: bool = False) -> str:
+def text_of(
+    renderable: RenderableType, *, color: bool = False, width: int = WIDTH
+) -> str:
     out = io.StringIO()
-    console = Console(file=out, width=WIDTH, color_system="standard" if color else None)
+    console = Console(file=out, width=width, color_system="standard" if color else None)
     console.print(renderable)
     return out.getvalue()
 
 
 def row_of(text: str, name: str) -> str:
-    return next(line for line in text.splitlines() if f" {name} " in line)
+    return next(line for line in text.splitlines() if line.startswith(f"{name} "))
+
+
+def cells_of(row: str) -> list[str]:
+    """A row's cells: the table sets them apart by two spaces or more."""
+    return re.split(r"\s{2,}", row.strip())
 
 
 def test_row_shows_each_column_of_a_task() -> None:
@@ -133,8 +140,7 @@ def test_row_shows_each_column_of_a_task() -> None:
     view = render(stats, requests_per_s=0.0, sandbox=None, plan=plan)
     row = row_of(text_of(view), "feed")
 
-    cells = [cell.strip() for cell in row.strip("│ \n").split("│")]
-    assert cells == [
+    assert cells_of(row) == [
         "feed",
         "1000",
         "30s",
@@ -189,8 +195,25 @@ def test_tasks_are_listed_by_priority_then_name() -> None:
 
     text = text_of(render(stats, requests_per_s=0.0, sandbox=None))
 
-    positions = [text.index(f" {name} ") for name in ("fast", "also-slow", "slow")]
+    positions = [text.index(f"\n{name} ") for name in ("fast", "also-slow", "slow")]
     assert positions == sorted(positions)
+
+
+def test_a_busy_table_fits_80_columns_with_nothing_cut() -> None:
+    """A common terminal width shows every heading and value whole."""
+    stats = engine_stats(
+        task_stats("urgent", runs={"success": 123456, "error": 12, "timeout": 3}),
+        task_stats("normal"),
+    )
+    plan = control_plan(tasks=(task_plan("urgent"), task_plan("normal")))
+
+    text = text_of(
+        render(stats, requests_per_s=226.6, sandbox=None, plan=plan), width=80
+    )
+
+    assert "…" not in text
+    assert cells_of(row_of(text, "urgent"))[-1] == "123456/12/3"
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
 
 
 def test_nothing_observed_reads_as_full_attainment() -> None:
@@ -258,8 +281,7 @@ def test_without_a_plan_the_sla_safe_interval_and_target_read_as_dashes() -> Non
     """Before the controller's first plan nothing is made up."""
     text = text_of(render(engine_stats(task_stats()), requests_per_s=0.0, sandbox=None))
 
-    cells = [cell.strip() for cell in row_of(text, "feed").strip("│ \n").split("│")]
-    assert cells[4] == "-"
+    assert cells_of(row_of(text, "feed"))[4] == "-"
     assert "pool target -" in text
     assert "limits" not in text
 
