@@ -7,13 +7,17 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 import slapoll
 
 # Properties are about values, not speed (benchmarks/ measures speed): on a
-# shared, noisy machine a per-example deadline only makes them flaky.
-settings.register_profile("slapoll", deadline=None)
+# shared, noisy machine a per-example deadline, or a limit on how long
+# drawing inputs may take (slow before .hypothesis/ holds any), only makes
+# them flaky.
+settings.register_profile(
+    "slapoll", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile("slapoll")
 
 # A fixed wall-clock reading for engines on the virtual clock: whole hours,
