@@ -49,8 +49,9 @@ WARM_UP_S = 60.0
 FULL_RPS = 26.0
 HALF_RPS = 13.0
 SCARCE_RPS = 5.0
-# Longer than any run: a controller with this period never runs.
-NEVER_S = 1e9
+# Longer than any run: a controller with this period never runs. The
+# longest duration slapoll accepts: ten years.
+NEVER_S = 3650 * 86400.0
 
 
 @attrs.frozen
