@@ -217,13 +217,21 @@ class TaskSnapshot:
         attempt, the backoff and the duration margin again; the failed
         attempt counts as the timeout when one is declared (a run that
         hangs fails no sooner), else as the duration margin.
+
+        The retry's room is at most half of what the duration margin leaves
+        of the SLA: at an interval of that half, the next scheduled run
+        lands inside the SLA after a failed one, retry or not. Reserving
+        more would poll more often than that, to protect nothing more (a
+        timeout near the SLA would otherwise pull the interval to the
+        floor).
         """
         margin = self.duration_margin_s
         if self.retries:
             failed = (
                 self.duration_margin_s if self.timeout_s is None else self.timeout_s
             )
-            margin += failed + self.retry_backoff_s
+            enough = max(0.0, (self.sla_s - self.duration_margin_s) / 2)
+            margin += min(failed + self.retry_backoff_s, enough)
         return margin
 
 

@@ -489,6 +489,10 @@ def test_a_preferred_interval_past_the_safe_bound_yields_to_the_sla() -> None:
         # A run that hangs fails at its timeout, not after a usual duration:
         # 60 - 2 lag - (15 timeout + 5 backoff) - 10 duration = 28.
         (15.0, 28.0),
+        # A timeout near the SLA: the room is at most half of what the
+        # duration leaves, (60 - 10) / 2 = 25, where the next scheduled run
+        # covers a failed one: 60 - 2 lag - 25 - 10 duration = 23.
+        (50.0, 23.0),
     ],
 )
 def test_retries_keep_room_for_one_more_attempt(
@@ -505,6 +509,26 @@ def test_retries_keep_room_for_one_more_attempt(
     )
 
     assert plan(snapshot(task)).task("p1").sla_safe_interval_s == safe_s
+
+
+def test_a_timeout_near_the_sla_does_not_pull_a_preference_to_the_floor() -> None:
+    """SLA 10 s, every 5 s, timeout 9 s, one retry, instant runs: room for a
+    timed-out attempt and its retry cannot fit, and polling every 5 s
+    already covers a failed run with the next one, so the task keeps its
+    preferred 5 s, not the 0.5 s floor."""
+    task = TaskSnapshot(
+        name="feed",
+        sla_s=10.0,
+        preferred_interval_s=5.0,
+        retries=1,
+        retry_backoff_s=1.0,
+        timeout_s=9.0,
+    )
+
+    chosen = plan(snapshot(task)).task("feed")
+
+    assert (chosen.interval_s, chosen.sla_safe_interval_s) == (5.0, 5.0)
+    assert chosen.sla_feasible
 
 
 def test_a_server_minimum_above_the_safe_bound_makes_the_sla_infeasible() -> None:
