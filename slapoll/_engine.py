@@ -604,9 +604,12 @@ class Engine:
         )
 
     def _now(self) -> float:
-        # Outside a trio run (after it ended) the last reading stands.
-        with contextlib.suppress(RuntimeError):
-            self._last_now = trio.current_time()
+        # The engine's time passes while it runs. Before its first run
+        # nothing has been observed (every staleness reads 0, not the trio
+        # clock's reading); after a run, the last reading stands.
+        if self.running:
+            with contextlib.suppress(RuntimeError):
+                self._last_now = trio.current_time()
         return self._last_now
 
     def _task_statistics(self, task: Task) -> Generator[None, None, TaskStatistics]:

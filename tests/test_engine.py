@@ -154,6 +154,25 @@ async def test_hung_run_is_cancelled_at_its_timeout_and_the_target_runs_again(
     assert "stuck[default]: run failed: timed out after 4s" in caplog.text
 
 
+async def test_before_its_first_run_the_engine_reports_nothing_stale(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """In a trio program whose clock is far from 0, statistics taken before
+    engine.run() show fresh targets, not the clock's reading as staleness."""
+    await trio.sleep(80_000)
+    engine = engine_factory()
+
+    @engine.task(sla="10s")
+    async def feed(ctx: RunContext, token: str) -> None:
+        pass
+
+    feed.add_target("a", token="x")
+
+    task = engine.statistics().tasks["feed"]
+    assert (task.violating, task.worst_staleness_s) == (0, 0.0)
+    assert engine.target_statistics("feed", "a").staleness_s == 0.0
+
+
 async def test_targets_added_and_removed_while_running(
     autojump_clock: object, engine_factory: EngineFactory
 ) -> None:
