@@ -11,9 +11,12 @@ task and target as it ends.
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
 import logging
 import math
+import os
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -23,7 +26,7 @@ import trio
 from ._policy import Outcome
 from ._schedule import catch_up, retimed_due
 from ._task import RunContext, TargetState, Task
-from .errors import RunDeadlineError
+from .errors import RunDeadlineError, SlapollError
 
 if TYPE_CHECKING:
     from ._http import TargetHttp
@@ -377,7 +380,7 @@ class Dispatcher:
             outcome = _SUCCESS
         except Exception as exc:
             outcome = _TIMEOUT if isinstance(exc, RunDeadlineError) else _ERROR
-            self._log_failure(state, _describe(exc))
+            self._log_failure(state, _describe(exc, task.fn))
         except BaseException:
             # trio.Cancelled, alone or grouped by a nursery inside the run.
             # Only the watchdog cancels the worker's scope: a timeout. Any
@@ -470,10 +473,25 @@ class _WorkerSlot:
         self.scope = trio.CancelScope()
 
 
-def _describe(exc: Exception) -> str:
-    """Name a run's exception without its message, which may quote a URL
-    or a token: the type, and the status of an HTTP response that carried
-    one (``httpx.HTTPStatusError``)."""
-    status = getattr(getattr(exc, "response", None), "status_code", None)
+def _describe(exc: Exception, fn: Callable[..., object]) -> str:
+    """Say what failed a run without the exception's message, which may
+    quote a URL or a token.
+
+    slapoll's own errors are written never to hold one: their message is
+    shown. Otherwise the type; the status of an HTTP response that carried
+    one (``httpx.HTTPStatusError``); and the line of the task's function
+    *fn* that the exception passed through last, where the user's code
+    went wrong or called what did.
+    """
     name = type(exc).__name__
-    return name if not isinstance(status, int) else f"{name} (HTTP {status})"
+    if isinstance(exc, SlapollError):
+        return f"{name}: {exc}"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int):
+        name += f" (HTTP {status})"
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if code is not None and f.filename == code.co_filename]
+    if mine:
+        name += f" at {os.path.basename(mine[-1].filename)}:{mine[-1].lineno}"
+    return name

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
+import httpx
 import pytest
 import trio
 
@@ -275,21 +277,52 @@ async def test_run_errors_are_outcomes_not_exceptions(
     engine_factory: EngineFactory,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A failing run is counted as an error and the arguments stay secret."""
+    """A failing run is counted as an error and logged with the line of the
+    task that raised, never the message, which may quote the arguments."""
     engine = engine_factory()
 
     @engine.task(sla="20s", every="10s")
     async def feed(ctx: RunContext, token: str) -> None:
-        raise ValueError("bad response")
+        raise ValueError(f"bad response for {token}")
 
     feed.add_target("a", token="s3cret-token")
     with caplog.at_level(logging.DEBUG, logger="slapoll"):
         await run_for(engine, 30)
 
     assert engine.statistics().tasks["feed"].runs["error"] == 3
-    assert "run failed: ValueError" in caplog.text
+    assert re.search(
+        r"feed\[a\]: run failed: ValueError at test_engine\.py:\d+$",
+        caplog.text,
+        re.MULTILINE,
+    )
     assert "s3cret-token" not in caplog.text
     assert "s3cret-token" not in repr(engine.store)
+
+
+async def test_slapolls_own_errors_are_logged_with_their_message(
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run that cannot get budget before its deadline says so: slapoll's
+    own messages name keys, never argument values."""
+    engine = engine_factory(
+        http_transport=httpx.MockTransport(lambda request: httpx.Response(200))
+    )
+    engine.limit("api", rate="1/m", burst=1)
+
+    @engine.task(sla="30s", every="10s", timeout="5s", limits=["api"], phase=0)
+    async def feed(ctx: RunContext) -> None:
+        await ctx.http.get("http://api.test/a")
+        await ctx.http.get("http://api.test/b")
+
+    with caplog.at_level(logging.WARNING, logger="slapoll"):
+        await run_for(engine, 5)
+
+    assert (
+        "feed[default]: run failed: DeadlineError: no budget on limit key 'api' "
+        "before the run's deadline"
+    ) in caplog.text
 
 
 async def test_retries_stay_inside_the_sla_deadline(
