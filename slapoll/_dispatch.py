@@ -203,6 +203,8 @@ class Dispatcher:
             # ends. After a gap (a suspended process, an overload) the due
             # times that all passed collapse into the latest.
             interval = task.interval_s
+            if state.min_interval_s > interval:
+                interval = state.min_interval_s  # the server's floor for it
             if now >= due + interval:
                 due, passed = catch_up(due, now, interval)
                 task.missed += passed
@@ -239,23 +241,42 @@ class Dispatcher:
         if abs(interval - laid) <= RETIME_TOLERANCE * laid:
             return
         task.retimed_interval_s = interval
-        moved = 0
-        for state in task.targets.values():
-            old, due = state.interval_s, state.next_due
-            if state.paused or due is None or due <= now or old == interval:
-                continue
-            due = retimed_due(due, now, old, interval)
-            state.interval_s = interval
-            state.next_due = due
-            heapq.heappush(
-                self._timers, (due, next(self._seq), state, state.generation, 0)
-            )
-            moved += 1
+        moved = sum(self._retime_target(state, now) for state in task.targets.values())
         if moved:
-            self._stale_timers += moved
-            if self._stale_timers > len(self._timers) // 2:
-                self._compact_timers()
-            self._scheduler_lot.unpark_all()
+            self._timers_moved(moved)
+
+    def retime_target(self, state: TargetState, now: float) -> None:
+        """Move one target's pending due time onto its interval, after the
+        server's minimum for it (``min_interval_s``) changed: no sooner
+        than that minimum after its last successful start."""
+        moved = self._retime_target(state, now)
+        start, due = state.last_success_start, state.next_due
+        if start is not None and due is not None and due > now:
+            earliest = start + state.min_interval_s
+            if due < earliest:
+                state.next_due = earliest
+                entry = (earliest, next(self._seq), state, state.generation, 0)
+                heapq.heappush(self._timers, entry)
+                moved = True
+        if moved:
+            self._timers_moved(1)
+
+    def _retime_target(self, state: TargetState, now: float) -> bool:
+        interval = max(state.task.interval_s, state.min_interval_s)
+        old, due = state.interval_s, state.next_due
+        if state.paused or due is None or due <= now or old == interval:
+            return False
+        due = retimed_due(due, now, old, interval)
+        state.interval_s = interval
+        state.next_due = due
+        heapq.heappush(self._timers, (due, next(self._seq), state, state.generation, 0))
+        return True
+
+    def _timers_moved(self, moved: int) -> None:
+        self._stale_timers += moved
+        if self._stale_timers > len(self._timers) // 2:
+            self._compact_timers()
+        self._scheduler_lot.unpark_all()
 
     def _compact_timers(self) -> None:
         """Drop heap entries that can no longer fire."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -120,6 +121,8 @@ class Engine:
         self._origin = 0.0
         self._clock_jumps = 0
         self._last_now = 0.0
+        # Targets the server gave a minimum interval (X-Poll-Interval).
+        self._floored: set[TargetState] = set()
 
     @property
     def pool_size(self) -> int:
@@ -527,12 +530,10 @@ class Engine:
                     offset - last_offset,
                 )
             last_offset = offset
+            now = trio.current_time()
             if self._http is not None:
                 self._http_stats = self._http.statistics()
-                floors = self._http.min_intervals()
-                for task in self.tasks.values():
-                    task.min_interval_s = floors.get(task.name, 0.0)
-            now = trio.current_time()
+                self._apply_server_floors(self._http.min_intervals(), now)
             self._steering.step(
                 now, self.tasks.values(), self._dispatch, self._budgets()
             )
@@ -541,6 +542,56 @@ class Engine:
             self.metrics.update(
                 await self._statistics_in_steps(), self._steering, self._http_stats
             )
+
+    def _apply_server_floors(
+        self, floors: Mapping[tuple[str, str], float], now: float
+    ) -> None:
+        """Hold each target to the least interval its server asked for.
+
+        The floor is the target's own: the rest of its task keeps the
+        planned interval. The controller sees a floor only where every
+        target of a task has one (the least of them), as a bound on the
+        whole task. A floor longer than the task's SLA-safe interval costs
+        that target its SLA: a warning says so, once per value.
+        """
+        floored: set[TargetState] = set()
+        for (name, key), floor in floors.items():
+            task = self.tasks.get(name)
+            state = None if task is None else task.targets.get(key)
+            if state is None or state.removed:
+                continue
+            floored.add(state)
+            if state.min_interval_s != floor:
+                self._set_floor(state, floor, now)
+        for state in self._floored - floored:
+            self._set_floor(state, 0.0, now)
+        self._floored = floored
+
+        least: dict[str, float] = {}
+        count: Counter[str] = Counter()
+        for state in floored:
+            name = state.task.name
+            count[name] += 1
+            least[name] = min(least.get(name, math.inf), state.min_interval_s)
+        for task in self.tasks.values():
+            whole = task.name in least and count[task.name] == len(task.targets)
+            task.min_interval_s = least[task.name] if whole else 0.0
+
+    def _set_floor(self, state: TargetState, floor: float, now: float) -> None:
+        state.min_interval_s = floor
+        task = state.task
+        if floor > task.sla_safe_interval_s:
+            logger.warning(
+                "%s[%s]: the server asks for polls at least %gs apart "
+                "(X-Poll-Interval), longer than the %gs that keep its %gs "
+                "SLA: this target will violate it",
+                task.name,
+                state.key,
+                floor,
+                task.sla_safe_interval_s,
+                task.policy.sla_s,
+            )
+        self._dispatch.retime_target(state, now)
 
     def _budgets(self) -> dict[str, float | None]:
         """Requests per second each limit key allows, declared or learned.

@@ -391,13 +391,11 @@ class HttpLayer:
         """The least poll interval the server asked for (X-Poll-Interval)."""
         return self._poll_intervals.get((task, key))
 
-    def min_intervals(self) -> dict[str, float]:
-        """Per task, the largest poll interval the server asked any target
-        of it for (X-Poll-Interval); tasks without one are left out."""
-        floors: dict[str, float] = {}
-        for (task, _), interval in self._poll_intervals.items():
-            floors[task] = max(floors.get(task, 0.0), interval)
-        return floors
+    def min_intervals(self) -> Mapping[tuple[str, str], float]:
+        """The least poll interval the server asked each target for
+        (X-Poll-Interval), by (task, target key); targets without one are
+        left out. A live view: do not keep it past an await."""
+        return self._poll_intervals
 
     def forget(self, task: str, key: str) -> None:
         """Drop what is kept for a removed target (validators, interval)."""

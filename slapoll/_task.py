@@ -195,6 +195,7 @@ class TargetState:
         "interval_s",
         "key",
         "last_success_start",
+        "min_interval_s",
         "next_due",
         "paused",
         "pending",
@@ -229,6 +230,9 @@ class TargetState:
         # The interval the pending due time was laid with; see
         # Dispatcher.retime.
         self.interval_s = task.interval_s
+        # The least interval the server asks of this target
+        # (X-Poll-Interval): it runs no more often, whatever its task's.
+        self.min_interval_s = 0.0
         # Timer entries of an older generation are stale and ignored.
         self.generation = 0
         self.account = SlaAccount(now)

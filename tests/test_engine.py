@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Callable
@@ -496,3 +497,43 @@ async def test_a_small_interval_change_waits_for_the_next_due_time(
     starts = await steer_by_hand(engine_factory, [(5, 10.05)], 25)
 
     assert starts == pytest.approx([0.0, 10.0, 20.05], abs=1e-9)
+
+
+async def test_a_servers_minimum_interval_holds_only_its_own_target(
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """X-Poll-Interval from one target's responses spaces that target's
+    polls, not its task's others, and a floor past the SLA is a warning."""
+    polls: dict[str, list[float]] = {"slow": [], "a": [], "b": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        who = request.url.path.strip("/")
+        polls[who].append(trio.current_time())
+        headers = {"X-Poll-Interval": "60"} if who == "slow" else {}
+        return httpx.Response(200, headers=headers)
+
+    engine = engine_factory(http_transport=httpx.MockTransport(handler))
+
+    @engine.task(sla="20s", every="5s")
+    async def feed(ctx: RunContext, who: str) -> None:
+        response = await ctx.http.get(f"http://api.test/{who}")
+        response.raise_for_status()
+
+    for who in polls:
+        feed.add_target(who, who=who)
+    with caplog.at_level(logging.WARNING, logger="slapoll"):
+        await run_for(engine, 300)
+
+    gaps = [b - a for a, b in itertools.pairwise(polls["slow"])]
+    assert len(gaps) >= 4
+    assert min(gaps) >= 60.0
+    assert len(polls["slow"]) <= 300 / 60 + 2
+    assert len(polls["a"]) >= 300 / 5 - 1
+    assert len(polls["b"]) >= 300 / 5 - 1
+    assert engine.statistics().tasks["feed"].interval_s == 5.0
+    assert (
+        "feed[slow]: the server asks for polls at least 60s apart "
+        "(X-Poll-Interval), longer than the"
+    ) in caplog.text
