@@ -76,3 +76,37 @@ def test_format_duration_uses_the_largest_exact_unit() -> None:
         "90m",
         "1500ms",
     ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1e3",
+        "1E3",
+        "1_000",
+        "nan",
+        "inf",
+        "0x10",
+        "+5",
+        "1.",
+        # Arabic-Indic digits: float() reads them, people would not.
+        "\u0663",
+        "\u0661s",
+        "1\u0660m",
+    ],
+)
+def test_a_number_without_a_unit_is_a_plain_decimal(text: str) -> None:
+    """What float() reads beyond digits and a point is no duration anyone
+    writes: exponents, underscores, nan, and other scripts' digits."""
+    with pytest.raises(
+        DurationError,
+        match=r"^every must be a duration such as '250ms', '30s', '5m' or '1h', "
+        r"or a plain number of seconds, got ",
+    ):
+        parse_duration(text, name="every")
+
+
+def test_seconds_too_small_for_a_unit_are_written_without_an_exponent() -> None:
+    """parse_duration reads no exponents, so format_duration writes none."""
+    assert format_duration(1e-06) == "0.000001s"
+    assert parse_duration(format_duration(1e-06)) == 1e-06
