@@ -34,6 +34,7 @@ from ._control_values import (
     CAUSE_BUDGET,
     CAUSE_MARGINS,
     CAUSE_MIN_INTERVAL,
+    CAUSE_WORKERS,
     DECISION_FEASIBLE,
     DECISION_INFEASIBLE,
     DECISION_KINDS,
@@ -59,6 +60,7 @@ __all__ = [
     "CAUSE_BUDGET",
     "CAUSE_MARGINS",
     "CAUSE_MIN_INTERVAL",
+    "CAUSE_WORKERS",
     "DECISION_FEASIBLE",
     "DECISION_INFEASIBLE",
     "DECISION_KINDS",
@@ -168,15 +170,33 @@ def plan(snapshot: ControlSnapshot) -> ControlPlan:
     bounds = {t.name: _bounds(t) for t in tasks}
     budgets = _budgets(snapshot.limits, tasks)
     users = {key: [t for t in tasks if key in t.limit_keys] for key in budgets}
-    intervals = _plan_intervals(tasks, bounds, budgets, users)
+    by_budgets = _plan_intervals(tasks, bounds, budgets, users)
+    capacity = _capacity(snapshot.pool)
+    by_pool = _fit_pool(tasks, bounds, capacity - _backlog(tasks, capacity))
+    intervals = {name: max(by_budgets[name], by_pool[name]) for name in by_budgets}
 
-    task_plans = tuple(_task_plan(t, bounds[t.name], intervals[t.name]) for t in tasks)
+    task_plans = tuple(
+        _task_plan(t, bounds[t.name], intervals[t.name], by_budgets[t.name])
+        for t in tasks
+    )
     feasible = {p.name: p.sla_feasible for p in task_plans}
     key_plans = tuple(
         _key_plan(key, budget, users[key], bounds, intervals, feasible)
         for key, budget in budgets.items()
     )
-    pool, changed_at, pool_decisions = _plan_pool(snapshot, tasks, intervals)
+    # The pool is sized for what the budgets allow, not for what its own
+    # bounds let through: it then grows to its most when short, and the
+    # desired replicas say how many processes the load wants.
+    pool, changed_at, pool_decisions = _plan_pool(snapshot, tasks, by_budgets)
+    # Lag is left out of the bounds the shortfall is measured at: when the
+    # pool is short, the lag is the queue the shortfall makes.
+    at_sla = _concurrency(tasks, {t.name: _bound_without_lag(t) for t in tasks})
+    pool = attrs.evolve(
+        pool,
+        capacity=capacity,
+        concurrency_at_sla=at_sla,
+        workers_missing=math.ceil(at_sla - capacity) if at_sla > capacity else 0,
+    )
     replicas = max(1, math.ceil(pool.unbounded_size / snapshot.pool.ceiling))
 
     infeasible = tuple(key.name for key in key_plans if not key.feasible)
@@ -184,10 +204,12 @@ def plan(snapshot: ControlSnapshot) -> ControlPlan:
         pool_target_size=pool.target_size,
         pool_changed_at_s=changed_at,
         infeasible_keys=infeasible,
+        pool_short=pool.short,
     )
     decisions = (
         *_interval_decisions(tasks, intervals),
         *_key_decisions(snapshot.memory, infeasible),
+        *_pool_short_decisions(snapshot.memory, pool.short),
         *pool_decisions,
     )
     return ControlPlan(
@@ -390,13 +412,16 @@ def _stretch_beyond_sla(
     return chosen
 
 
-def _task_plan(task: TaskSnapshot, bounds: _Bounds, interval_s: float) -> TaskPlan:
+def _task_plan(
+    task: TaskSnapshot, bounds: _Bounds, interval_s: float, by_budgets_s: float
+) -> TaskPlan:
     # A task left above its safe bound by lag (its unconstrained interval
-    # stands) has a capacity problem, which the pool answers; only a budget
-    # stretching it past where lag left it costs its SLA by plan.
+    # stands) has a capacity problem, which the pool answers; only a budget,
+    # or the pool at its most, stretching it past where lag left it costs
+    # its SLA by plan.
     cause = bounds.cause
     if cause is None and interval_s > bounds.top_s:
-        cause = CAUSE_BUDGET
+        cause = CAUSE_BUDGET if by_budgets_s >= interval_s else CAUSE_WORKERS
     return TaskPlan(
         name=task.name,
         interval_s=interval_s,
@@ -457,6 +482,76 @@ def _key_decisions(
 
 
 # -- the pool --------------------------------------------------------------
+
+
+def _capacity(pool: PoolSnapshot) -> float:
+    """The busy workers the intervals may keep: the pool at its most, held
+    to the saturation limit past which workers buy nothing.
+
+    No headroom is kept here beyond the share of a budget every fit keeps
+    (``BUDGET_UTILISATION``): at the pool's bound there is no more to add,
+    and holding a quarter of it idle would stretch low priorities for
+    nothing.
+    """
+    most = pool.max_size
+    limit = _saturation_limit(pool.samples)
+    if limit is not None:
+        most = min(most, max(limit, pool.min_size))
+    return float(most)
+
+
+def _backlog(tasks: Sequence[TaskSnapshot], capacity: float) -> float:
+    """The busy workers that clear the runs already waiting within
+    ``BACKLOG_DRAIN_S``: the intervals get the rest of the pool, at least
+    half of it, so that a queue drains rather than lingers as lag."""
+    waiting = sum(t.ready * t.duration_mean_s for t in tasks) / BACKLOG_DRAIN_S
+    return min(waiting, capacity / 2)
+
+
+def _bound_without_lag(task: TaskSnapshot) -> float:
+    """The SLA-safe bound as it would be with no lag."""
+    floor = max(task.min_interval_s, task.sla_s * MIN_INTERVAL_FRACTION)
+    return max(task.sla_s - task.run_margin_s, floor)
+
+
+def _concurrency(
+    tasks: Sequence[TaskSnapshot], intervals: Mapping[str, float]
+) -> float:
+    """Busy workers *tasks* keep at *intervals*, by Little's law."""
+    return sum(t.targets * t.duration_mean_s / intervals[t.name] for t in tasks)
+
+
+def _fit_pool(
+    tasks: Sequence[TaskSnapshot], bounds: Mapping[str, _Bounds], capacity: float
+) -> dict[str, float]:
+    """The intervals the pool at its most asks of every task.
+
+    The pool is a budget every task draws on, a run costing its mean
+    duration in worker-seconds: fitted like a key's, lowest priority
+    first, so that demand the pool can never serve is not scheduled to
+    queue. Polling more often than a full pool can run only adds lag,
+    which shrinks the safe bounds, which asks for more polls. Like each
+    key, it is solved on its own: more budget elsewhere never lengthens
+    an interval here.
+    """
+    intervals = {t.name: bounds[t.name].unconstrained_s for t in tasks}
+    loaded = [
+        attrs.evolve(t, requests_per_run=t.duration_mean_s)
+        for t in tasks
+        if t.targets and t.duration_mean_s > 0
+    ]
+    if loaded and _demand(loaded, intervals) > capacity * BUDGET_UTILISATION:
+        intervals.update(_fit_key(loaded, bounds, capacity))
+    return intervals
+
+
+def _pool_short_decisions(memory: ControlMemory | None, short: bool) -> list[str]:
+    before = memory is not None and memory.pool_short
+    if short and not before:
+        return [DECISION_INFEASIBLE]
+    if before and not short:
+        return [DECISION_FEASIBLE]
+    return []
 
 
 def _plan_pool(

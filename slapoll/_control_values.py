@@ -19,6 +19,7 @@ __all__ = [
     "CAUSE_BUDGET",
     "CAUSE_MARGINS",
     "CAUSE_MIN_INTERVAL",
+    "CAUSE_WORKERS",
     "DECISION_FEASIBLE",
     "DECISION_INFEASIBLE",
     "DECISION_KINDS",
@@ -43,6 +44,7 @@ __all__ = [
 CAUSE_MIN_INTERVAL = "min_interval"  # the server's minimum is above the bound
 CAUSE_MARGINS = "margins"  # lag and duration margins leave no safe interval
 CAUSE_BUDGET = "budget"  # stretched beyond its bound to fit a key's budget
+CAUSE_WORKERS = "workers"  # stretched beyond its bound to fit the pool
 
 DECISION_STRETCH = "stretch"
 DECISION_RESTORE = "restore"
@@ -267,13 +269,15 @@ class ControlMemory:
     """What the controller remembers from one plan to the next.
 
     The pool target the last plan chose, when (``now_s`` of that snapshot)
-    the target last changed, and the limit keys that were infeasible. Carry
+    the target last changed, the limit keys that were infeasible and
+    whether the pool was too small for every SLA. Carry
     ``ControlPlan.memory`` into the next snapshot unchanged.
     """
 
     pool_target_size: int
     pool_changed_at_s: float
     infeasible_keys: tuple[str, ...] = ()
+    pool_short: bool = False
 
 
 @attrs.frozen
@@ -348,7 +352,8 @@ class TaskPlan:
     floor (server minimum, or a share of the SLA); when it had to be raised
     to the floor, ``cause`` says the SLA cannot be kept at any budget.
     ``cause`` is ``None`` while the SLA holds, else ``"min_interval"``,
-    ``"margins"`` or ``"budget"``.
+    ``"margins"``, ``"budget"`` or ``"workers"`` (the pool, at its most,
+    cannot run every task at its SLA-safe bound).
     """
 
     name: str
@@ -394,6 +399,15 @@ class PoolPlan:
     and held to the saturation limit. ``saturation_limit`` is the
     concurrency beyond which the samples showed no throughput gain, if they
     did.
+
+    ``needed_concurrency`` is taken at the intervals the budgets allow;
+    when the pool at its most, ``capacity`` (``max_size``, or the
+    saturation limit), cannot keep that many workers busy, intervals are
+    stretched until it can (less the workers that clear the runs already
+    waiting). ``concurrency_at_sla`` is the busy workers every task at its
+    SLA-safe bound would take, lag left out: when the pool is short, the
+    lag is its own queue. The pool is short (``short``) when that exceeds
+    the capacity, by ``workers_missing``.
     """
 
     target_size: int
@@ -401,6 +415,14 @@ class PoolPlan:
     unbounded_size: int
     needed_concurrency: float
     saturation_limit: int | None
+    capacity: float = math.inf
+    concurrency_at_sla: float = 0.0
+    workers_missing: int = 0
+
+    @property
+    def short(self) -> bool:
+        """Whether the pool at its most cannot keep every task's SLA."""
+        return self.concurrency_at_sla > self.capacity
 
 
 @attrs.frozen

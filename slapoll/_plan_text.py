@@ -14,6 +14,7 @@ credential's demand at the planned intervals against its budget.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
@@ -22,6 +23,7 @@ from ._control import (
     CAUSE_BUDGET,
     CAUSE_MARGINS,
     CAUSE_MIN_INTERVAL,
+    CAUSE_WORKERS,
     POOL_HEADROOM_FRACTION,
     ControlPlan,
     ControlSnapshot,
@@ -41,11 +43,14 @@ __all__ = [
     "render_plan",
 ]
 
+# What `check` prints is read in terminals: 80 columns, the usual default.
+_LINE_WIDTH = 80
 # Why a task would miss its SLA, as the plan's last column says it.
 _CAUSE_TEXT = {
     CAUSE_BUDGET: "no: over budget",
     CAUSE_MARGINS: "no: runs outlast it",
     CAUSE_MIN_INTERVAL: "no: server minimum",
+    CAUSE_WORKERS: "no: too few workers",
 }
 # A task drawing on a credential whose budget its targets there outgrow.
 _CREDENTIAL_SHORT_TEXT = "no: credential over budget"
@@ -165,7 +170,17 @@ def render_plan(
     lines.extend(_pool_lines(snapshot, plan))
     if unknown_durations:
         names = ", ".join(sorted(unknown_durations))
-        lines.append(f"no expected_duration for {names}: their runs count as instant;")
+        unknown = f"no expected_duration for {names}: their runs count as instant;"
+        # Many names break onto more lines, whole, not past the width.
+        lines.extend(
+            textwrap.wrap(
+                unknown,
+                width=_LINE_WIDTH,
+                subsequent_indent="  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
         lines.append("  set expected_duration in [tasks.NAME] for a truer plan")
     lines.append(_verdict(plan, demands))
     return lines
@@ -283,6 +298,11 @@ def _pool_lines(snapshot: ControlSnapshot, plan: ControlPlan) -> list[str]:
     ]
     if pool.unbounded_size > bounds.max_size:
         lines.append("  that is more than max_workers: add replicas or raise it")
+    if pool.short:
+        lines.append(
+            f"  every SLA needs {pool.workers_missing} more: low priorities "
+            "are stretched to fit"
+        )
     lines.append(
         f"desired replicas: {plan.desired_replicas} "
         f"(at most {bounds.ceiling} workers per process)"
@@ -299,6 +319,8 @@ def _verdict(plan: ControlPlan, demands: Sequence[_CredentialDemand]) -> str:
         for key in plan.keys
         if not key.feasible
     ]
+    if plan.pool.short:
+        missing.append(f"{plan.pool.workers_missing} workers short")
     missing.extend(
         f"{demand.limit.name} short by {format_rate(demand.deficit_rps)} "
         "for its busiest credential"
@@ -344,11 +366,35 @@ def _number(value: float) -> str:
 
 
 def columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    """Align *rows* of cells into left-justified columns, two spaces apart."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    """Align *rows* of cells into left-justified columns, two spaces apart.
+
+    The first row holds the headings. Any cell may break into lines, so
+    that a column need not be as wide as its longest line could have made
+    it: a heading's lines stack upwards (``"re-"`` above ``"tries"``),
+    shorter headings sitting on the last line, next to the values; a
+    value's lines run downwards (one limit key a line).
+    """
+    head, *body = rows
+    table = _cell_lines(head, upwards=True)
+    for row in body:
+        table.extend(_cell_lines(row, upwards=False))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     return [
         "  ".join(
             cell.ljust(width) for cell, width in zip(row, widths, strict=True)
         ).rstrip()
-        for row in rows
+        for row in table
     ]
+
+
+def _cell_lines(row: tuple[str, ...], *, upwards: bool) -> list[tuple[str, ...]]:
+    """*row* as rows of one line each, its cells' lines split among them."""
+    cells = [cell.split("\n") for cell in row]
+    depth = max(len(lines) for lines in cells)
+    padded = [
+        [""] * (depth - len(lines)) + lines
+        if upwards
+        else lines + [""] * (depth - len(lines))
+        for lines in cells
+    ]
+    return [tuple(lines[i] for lines in padded) for i in range(depth)]

@@ -135,6 +135,19 @@ class Steering:
                 )
             elif key.feasible and key.name in was_infeasible:
                 logger.info("limit key %r can carry every SLA again", key.name)
+        pool = new.pool
+        was_short = self._memory is not None and self._memory.pool_short
+        if pool.short and not was_short:
+            logger.info(
+                "the pool cannot carry every SLA: %.1f busy workers at SLA-safe "
+                "intervals against %d at most, %d workers missing; low "
+                "priorities are stretched to fit",
+                pool.concurrency_at_sla,
+                pool.capacity,
+                pool.workers_missing,
+            )
+        elif was_short and not pool.short:
+            logger.info("the pool can carry every SLA again")
 
 
 def _task_snapshot(task: Task, ready: int) -> TaskSnapshot:

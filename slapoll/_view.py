@@ -134,6 +134,8 @@ def _footer(
             f"requests {sandbox.requests}",
         ]
     footer = Text("  ·  ".join(parts))
+    if plan is not None and plan.pool.short:
+        footer.append(f"  {plan.pool.workers_missing} workers short", style="red")
     # A template's budget is per credential, enforced request by request;
     # the plan sums its demand as if it were one key, which reads wrong.
     keys = [] if plan is None else [k for k in plan.keys if "{" not in k.name]

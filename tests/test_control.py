@@ -129,6 +129,10 @@ def snapshots(draw: st.DrawFn) -> ControlSnapshot:
     )
 
 
+# The pool as a key in properties about keys.
+POOL_KEY = "(pool)"
+
+
 def users(snap: ControlSnapshot, key: str) -> list[TaskSnapshot]:
     return [t for t in snap.tasks if key in t.limit_keys and t.targets]
 
@@ -202,16 +206,35 @@ def test_lag_never_makes_a_task_with_a_preference_poll_more_often(
 def test_no_interval_above_its_sla_safe_bound_while_every_key_is_feasible(
     snap: ControlSnapshot,
 ) -> None:
-    """While every budget fits the SLAs, no budget stretches an interval past
-    its SLA-safe bound (or past its unconstrained interval, where lag left
-    the bound below that)."""
+    """While every budget, and the pool at its most, fits the SLAs, nothing
+    stretches an interval past its SLA-safe bound (or past its
+    unconstrained interval, where lag left the bound below that)."""
     result = plan(snap)
 
-    if all(key.feasible for key in result.keys):
+    if all(key.feasible for key in result.keys) and not result.pool.short:
         for task in result.tasks:
             top = max(task.sla_safe_interval_s, task.unconstrained_interval_s)
             assert task.interval_s <= top
             assert task.cause in (None, "min_interval", "margins")
+
+
+@PROPERTY
+@given(snap=snapshots())
+def test_a_pool_that_fits_the_slas_is_not_planned_past_its_capacity(
+    snap: ControlSnapshot,
+) -> None:
+    """Wherever the SLAs fit the pool at its most, the planned busy workers
+    (Little's law) fit it too, headroom kept; a short pool says how many
+    workers it lacks."""
+    result = plan(snap)
+    intervals = result.intervals()
+    busy = sum(t.targets * t.duration_mean_s / intervals[t.name] for t in snap.tasks)
+
+    if result.pool.short:
+        assert result.pool.workers_missing >= 1
+    else:
+        assert busy <= result.pool.capacity * (1 + 1e-9)
+        assert result.pool.workers_missing == 0
 
 
 @PROPERTY
@@ -225,7 +248,8 @@ def test_a_higher_priority_is_stretched_only_once_lower_ones_are_at_their_bound(
     its SLA-safe bound. Stretched past its own bound: they are stretched as
     far as they go. Tasks without targets draw nothing and are left alone.
     (A bound is the longer of the SLA-safe bound and the unconstrained
-    interval: lag never shortens an interval.)
+    interval: lag never shortens an interval.) The pool counts as one more
+    key, which every task whose runs take time draws on.
     """
     result = plan(snap)
 
@@ -233,11 +257,13 @@ def test_a_higher_priority_is_stretched_only_once_lower_ones_are_at_their_bound(
         chosen = result.task(name)
         return max(chosen.sla_safe_interval_s, chosen.unconstrained_interval_s)
 
+    on_pool = [t for t in snap.tasks if t.targets and t.duration_mean_s > 0]
     lower_than = {
         task.name: {
             key: [t for t in users(snap, key) if t.priority < task.priority]
             for key in task.limit_keys
         }
+        | {POOL_KEY: [t for t in on_pool if t.priority < task.priority]}
         for task in snap.tasks
     }
 
@@ -457,7 +483,8 @@ def test_a_task_on_two_keys_takes_the_longer_interval_either_asks_for() -> None:
 
 
 def test_a_key_no_limit_names_is_unlimited() -> None:
-    result = plan(snapshot(feeds(1, 10_000)))
+    # Short runs: 10,000 targets keep one worker busy, and the pool has room.
+    result = plan(snapshot(feeds(1, 10_000, duration_mean_s=0.001)))
 
     assert result.key("github").budget_rps is None
     assert result.key("github").feasible
@@ -529,6 +556,54 @@ def test_a_timeout_near_the_sla_does_not_pull_a_preference_to_the_floor() -> Non
 
     assert (chosen.interval_s, chosen.sla_safe_interval_s) == (5.0, 5.0)
     assert chosen.sla_feasible
+
+
+@pytest.mark.parametrize(
+    ("ready", "interval_s"), [(0, 400 / 62.08), (1900, 400 / 31.04)]
+)
+def test_a_full_pool_stretches_intervals_and_keeps_room_to_drain_its_queue(
+    ready: int, interval_s: float
+) -> None:
+    """4,000 targets of 100 ms runs at a 5.5 s bound keep 72.7 workers busy:
+    more than the 64 at most, so the interval stretches until the runs fit
+    97% of the pool; with 1,900 runs queued, half the pool is left to drain
+    them. At the bound without lag (10 - 1 s duration) the pool would do:
+    it is not short, the lag is its own queue."""
+    task = TaskSnapshot(
+        name="feed",
+        sla_s=10.0,
+        targets=4000,
+        duration_margin_s=1.0,
+        duration_mean_s=0.1,
+        lag_margin_s=3.5,
+        ready=ready,
+    )
+    pool = PoolSnapshot(min_size=1, max_size=64, size=64)
+
+    result = plan(snapshot(task, pool=pool))
+
+    assert result.task("feed").interval_s == pytest.approx(interval_s)
+    assert result.task("feed").cause == "workers"
+    assert not result.pool.short
+
+
+def test_a_pool_too_small_at_every_sla_says_how_many_workers_it_lacks() -> None:
+    # At the 9 s bound 9,000 targets of 100 ms runs keep 100 workers busy.
+    task = TaskSnapshot(
+        name="feed",
+        sla_s=10.0,
+        targets=9000,
+        duration_margin_s=1.0,
+        duration_mean_s=0.1,
+    )
+    pool = PoolSnapshot(min_size=1, max_size=64, size=64)
+
+    result = plan(snapshot(task, pool=pool))
+
+    assert result.pool.short
+    assert result.pool.workers_missing == 36
+    assert result.pool.concurrency_at_sla == pytest.approx(100.0)
+    assert not result.feasible
 
 
 def test_a_server_minimum_above_the_safe_bound_makes_the_sla_infeasible() -> None:

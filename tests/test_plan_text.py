@@ -15,6 +15,7 @@ from slapoll._control import (
 from slapoll._plan_text import (
     CredentialLimit,
     DeclaredTask,
+    columns,
     declared_snapshot,
     format_rate,
     render_plan,
@@ -65,7 +66,7 @@ def test_an_infeasible_budget_is_shown_with_its_deficit() -> None:
     snapshot = declared_snapshot(
         [declared("high", 100, priority=2), declared("low", 150, priority=1)],
         budgets_rps={"github": 3.0},
-        pool=POOL,
+        pool=PoolSnapshot(min_size=1, max_size=64, size=4, process_ceiling=16),
     )
 
     assert lines_for(snapshot) == [
@@ -77,12 +78,29 @@ def test_an_infeasible_budget_is_shown_with_its_deficit() -> None:
         "limit   budget  demand  at sla-safe  fits",
         "github  3/s     2.91/s  5/s          no: 2/s short",
         "",
-        "workers needed: 16 (between 1 and 16)",
+        "workers needed: 37 (between 1 and 64)",
         "  Little's law: 29.1 busy on average, 37 with 25% headroom",
-        "  that is more than max_workers: add replicas or raise it",
         "desired replicas: 3 (at most 16 workers per process)",
         "plan: SLA at risk for low (github short by 2/s)",
     ]
+
+
+def test_a_pool_too_small_for_the_slas_is_shown_with_the_workers_missing() -> None:
+    # At their 50 s safe bounds, 250 targets of 10 s runs keep 50 workers
+    # busy, 34 more than the 16 at most. "high" alone would keep 20 busy:
+    # it gives way past its bound too.
+    snapshot = declared_snapshot(
+        [declared("high", 100, priority=2), declared("low", 150, priority=1)],
+        budgets_rps={},
+        pool=POOL,
+    )
+
+    lines = lines_for(snapshot)
+
+    assert "  every SLA needs 34 more: low priorities are stretched to fit" in lines
+    assert lines[-1] == "plan: SLA at risk for high, low (34 workers short)"
+    assert lines[2].startswith("high ")
+    assert lines[2].endswith("no: too few workers")
 
 
 def test_room_to_spare_gives_the_preferred_intervals() -> None:
@@ -191,3 +209,21 @@ def test_a_template_without_a_budget_is_unlimited_per_credential() -> None:
     assert (
         "github:{account}  unlimited  2            24/m     4.8/m        yes" in lines
     )
+
+
+def test_columns_take_cells_of_several_lines() -> None:
+    """A heading's lines stack upwards, so a long word need not widen a
+    column of short values; a value's lines run downwards."""
+    rows = [
+        ("task", "re-\ntries", "limits"),
+        ("feed", "2", "api\napi:{token}"),
+        ("digest", "0", "-"),
+    ]
+
+    assert columns(rows) == [
+        "        re-",
+        "task    tries  limits",
+        "feed    2      api",
+        "               api:{token}",
+        "digest  0      -",
+    ]

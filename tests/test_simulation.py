@@ -411,3 +411,43 @@ async def test_a_restored_budget_returns_intervals_to_preferred(
             assert period.interval(spec.name) == spec.every_s, (period.t, spec)
             assert period.violating(spec.name) == 0, (period.t, spec)
     assert upstream.too_many == 0
+
+
+# -- a pool too small ---------------------------------------------------------
+
+
+async def test_a_pool_too_small_for_every_sla_keeps_the_high_priorities(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """Runs five times slower than usual (1 s) and at most 8 workers: at the
+    preferred intervals the workload keeps 17.3 workers busy, and at the
+    SLA-safe bounds nearly all 8. The controller stretches the lowest
+    priority to what the pool can run (past its SLA while the start-up
+    queue drains), so the queue stays short and the higher priorities keep
+    their SLA, instead of every task queueing past its SLA (and the lag
+    shortening the intervals further).
+    """
+    upstream = make_upstream(rate_per_s=100.0)
+    upstream.slowdown = 5.0
+    engine = engine_factory(
+        http_transport=httpx.MockTransport(upstream),
+        workers=8,
+        min_workers=1,
+        max_workers=8,
+        control_period=CONTROL_PERIOD_S,
+    )
+    declare(engine, declared_rps=100.0)
+    end = WARM_UP_S + 120.5
+
+    timeline = await simulate(engine, upstream, end + 0.5, {})
+
+    first = timeline.at(10.5)
+    assert first.plan is not None
+    assert first.plan.task("bulk").cause == "workers"
+    window = (WARM_UP_S + 0.5, end)
+    assert timeline.attainment("urgent", *window) >= 0.999
+    assert timeline.attainment("normal", *window) >= 0.999
+    # Without the pool in the plan, 100 to 140 runs queued here and every
+    # task, "urgent" too, lost its SLA (urgent 86%, bulk 93%).
+    assert max(p.stats.ready for p in timeline.between(*window)) <= 20
+    assert timeline.attainment("bulk", *window) >= 0.9
