@@ -29,7 +29,7 @@ from ._dispatch import Dispatcher
 from ._durations import Duration, parse_duration
 from ._http import HttpLayer, TargetHttp
 from ._measure import SlaAccount, quantile
-from ._policy import TaskPolicy
+from ._policy import TaskPolicy, template_fields
 from ._ratelimit import KeyStatistics, LimitSpec
 from ._schedule import first_due, hash_fraction, spread_fractions
 from ._stats import EngineStatistics, TargetStatistics, TaskStatistics
@@ -234,6 +234,7 @@ class Engine:
                 "declare budgets before Engine.run() (the server's rate "
                 "headers still correct them while running)"
             )
+        template_fields(name)  # a malformed template fails here, not at run()
         spec = LimitSpec.from_options(**options)
         self._limits[name] = spec
         return spec

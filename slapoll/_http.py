@@ -18,7 +18,7 @@ request it makes
 Limit keys may be templates over the target's arguments
 (``"github:{account}"``). Arguments may be credentials: a resolved key is
 shown (logs, statistics, metrics) with each argument replaced by a short
-hash, and metrics are labelled by the declared template only, so their
+keyed hash, and metrics are labelled by the declared template only, so their
 number stays that of the config.
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import string
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -38,6 +38,7 @@ import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ._headers import RateLimitInfo, parse_rate_limit_headers
+from ._policy import template_fields
 from ._ratelimit import KeyBudget, KeyStatistics, LimitSpec
 from .errors import ConfigError, RunDeadlineError, SlapollError
 
@@ -84,6 +85,11 @@ WARNING_LOG_INTERVAL_S = 60.0
 CONNECTIONS_PER_SHARD = 4
 # A resolved key shows each argument as this many hex digits of a hash.
 ARGUMENT_HASH_DIGITS = 12
+# The hash is keyed: unkeyed, a weak token could be found from a log line
+# by hashing likely candidates. Shown keys only need to tell credentials
+# apart within one process (metrics are labelled by template, stores keep
+# no shown keys), so a fresh random key per process will do.
+_ARGUMENT_HASH_KEY = os.urandom(16)
 _CONDITIONAL_METHODS = frozenset({"GET", "HEAD"})
 
 # What an undeclared limit key (or a request with none) goes by.
@@ -121,39 +127,22 @@ class _Key:
     templated: bool
 
 
-def _template_fields(template: str) -> list[str]:
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError:
-        raise ConfigError(
-            f"limit key template {template!r} is not a valid template; write "
-            "arguments as {name}, literal braces as {{ and }}"
-        ) from None
-    names = []
-    for _literal, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if not name.isidentifier() or spec or conversion:
-            raise ConfigError(
-                f"limit key template {template!r} may only name target "
-                f"arguments, as {{account}}; got {{{name}}}"
-            )
-        names.append(name)
-    return names
-
-
 def _hash_argument(value: object) -> str:
-    digest = hashlib.blake2b(str(value).encode(), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(
+        str(value).encode(), digest_size=16, key=_ARGUMENT_HASH_KEY
+    ).hexdigest()
     return "#" + digest[:ARGUMENT_HASH_DIGITS]
 
 
-def resolve_key(
+def template_arguments(
     template: str, args: Mapping[str, object], *, task: str, target: str
-) -> _Key:
-    """Fill *template* from a target's *args*; raises ``ConfigError``."""
-    names = _template_fields(template)
-    if not names:
-        return _Key(template, template, template, templated=False)
+) -> list[str]:
+    """The arguments *template* names, once *args* is known to hold them all.
+
+    Raises ``ConfigError`` naming the template, the target and the argument
+    it lacks, or saying what is wrong with the template itself.
+    """
+    names = template_fields(template)
     missing = [name for name in names if name not in args]
     if missing:
         raise ConfigError(
@@ -161,6 +150,16 @@ def resolve_key(
             f"argument {missing[0]!r}, which target {target!r} does not have; "
             f"its arguments are {sorted(args)!r}"
         )
+    return names
+
+
+def resolve_key(
+    template: str, args: Mapping[str, object], *, task: str, target: str
+) -> _Key:
+    """Fill *template* from a target's *args*; raises ``ConfigError``."""
+    names = template_arguments(template, args, task=task, target=target)
+    if not names:
+        return _Key(template, template, template, templated=False)
     identity = template.format_map({n: args[n] for n in names})
     shown = template.format_map({n: _hash_argument(args[n]) for n in names})
     return _Key(identity, shown, template, templated=True)
@@ -251,6 +250,19 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             await shard.aclose()
 
 
+def _quiet_httpx_logger() -> None:
+    """Keep httpx's logger to warnings, unless its level was chosen.
+
+    httpx logs every request at INFO with its full URL, query string and
+    all, so an application logging at INFO would write out any token a URL
+    holds, once per request. A level set on the ``httpx`` logger is the
+    user's choice and stays.
+    """
+    httpx_logger = logging.getLogger("httpx")
+    if httpx_logger.level == logging.NOTSET:
+        httpx_logger.setLevel(logging.WARNING)
+
+
 class HttpLayer:
     """The engine's HTTP: one shared client and a budget per limit key.
 
@@ -301,6 +313,7 @@ class HttpLayer:
             )
         if transport is None:
             transport = ShardedTransport(max_connections)
+        _quiet_httpx_logger()
         self.client = httpx.AsyncClient(
             timeout=timeout,
             transport=transport,
@@ -322,7 +335,7 @@ class HttpLayer:
         """
         if not isinstance(name, str) or not name:
             raise ConfigError(f"a limit name must be a non-empty string, got {name!r}")
-        _template_fields(name)
+        template_fields(name)
         if not isinstance(spec, LimitSpec):
             raise ConfigError(f"limit {name!r} needs a LimitSpec, got {spec!r}")
         self._limits[name] = spec

@@ -1,4 +1,5 @@
-"""Value types shared by every module: a task's policy and run outcomes.
+"""Value types shared by every module: a task's policy and run outcomes,
+and how the limit key templates a policy lists are read.
 
 They depend on nothing else in slapoll, so the controller, the stores and
 the config can all use them.
@@ -7,6 +8,7 @@ the config can all use them.
 from __future__ import annotations
 
 import enum
+import string
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -15,7 +17,7 @@ import attrs
 from ._durations import Duration, parse_duration
 from .errors import ConfigError
 
-__all__ = ["OVERLAP_POLICIES", "Outcome", "Overlap", "TaskPolicy"]
+__all__ = ["OVERLAP_POLICIES", "Outcome", "Overlap", "TaskPolicy", "template_fields"]
 
 Overlap = Literal["skip", "queue_one", "allow"]
 OVERLAP_POLICIES: tuple[Overlap, ...] = ("skip", "queue_one", "allow")
@@ -36,6 +38,34 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+
+
+def template_fields(template: str) -> list[str]:
+    """The target arguments limit key *template* names, in order.
+
+    A name without fields (``"github"``) names none. Raises ``ConfigError``
+    for a template that could never be filled in: unbalanced braces, or a
+    field that is more than an argument's name (``{a.b}``, ``{0}``,
+    ``{a!r}``).
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        raise ConfigError(
+            f"limit key template {template!r} is not a valid template; write "
+            "arguments as {name}, literal braces as {{ and }}"
+        ) from None
+    names = []
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ConfigError(
+                f"limit key template {template!r} may only name target "
+                f"arguments, as {{account}}; got {{{name}}}"
+            )
+        names.append(name)
+    return names
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -126,6 +156,12 @@ class TaskPolicy:
         for key in self.limits:
             if not isinstance(key, str) or not key:
                 raise ConfigError(f"limits must be non-empty strings, got {key!r}")
+            # A malformed template would fail every run of the task; the
+            # option is named first so that a config can say which key.
+            try:
+                template_fields(key)
+            except ConfigError as exc:
+                raise ConfigError(f"limits: {exc}") from None
 
     @property
     def effective_timeout_s(self) -> float:

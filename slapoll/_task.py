@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._http import template_arguments
 from ._measure import (
     DEFAULT_WINDOW,
     DURATION_BUCKETS_S,
@@ -22,7 +23,7 @@ from ._measure import (
     SlaAccount,
     quantile,
 )
-from ._policy import Outcome, TaskPolicy
+from ._policy import Outcome, TaskPolicy, template_fields
 from .errors import ConfigError, UnknownTargetError, UsageError
 
 if TYPE_CHECKING:
@@ -275,6 +276,7 @@ class Task:
         self.targets: dict[str, TargetState] = {}
         self._signature = _TargetSignature.of(name, fn)
         self.takes_arguments = self._signature.takes_arguments
+        self.check_limits(policy.limits)
         self.lag = RecentWindow()
         self.duration = RecentWindow()
         # Durations of successful runs only: those are what freshness waits
@@ -313,7 +315,8 @@ class Task:
     def configure(self, **options: Any) -> None:
         """Override decorator options (same spelling), e.g. from config.
 
-        Raises ``ConfigError`` naming a bad option; allowed only before the
+        Raises ``ConfigError`` naming a bad option, or a limit key template
+        that the function or a target cannot fill; allowed only before the
         engine runs.
         """
         if self.engine.running:
@@ -321,8 +324,22 @@ class Task:
                 f"task {self.name!r} cannot be reconfigured while the engine "
                 "runs; configure it before Engine.run()"
             )
-        self.policy = self.policy.with_options(**options)
+        policy = self.policy.with_options(**options)
+        self.check_limits(policy.limits)
+        self.policy = policy
         self.interval_s = self.retimed_interval_s = self._initial_interval()
+
+    def check_limits(self, limits: Iterable[str]) -> None:
+        """Raise ``ConfigError`` unless every target can fill every template.
+
+        A template in *limits* must name only arguments the function takes
+        (any, with ``**kwargs``), and the targets added so far must have
+        them all: a key that cannot be filled fails every run.
+        """
+        for template in limits:
+            self._signature.check_template(template)
+            for key, state in self.targets.items():
+                template_arguments(template, state.args, task=self.name, target=key)
 
     # -- targets -----------------------------------------------------------
 
@@ -330,11 +347,15 @@ class Task:
         """Add a target (or replace the arguments of an existing one).
 
         *args* are passed to the task's function as keyword arguments; they
-        may hold credentials and are never logged or exported.
+        may hold credentials and are never logged or exported. Raises
+        ``ConfigError`` unless they fit the function and hold every argument
+        the task's limit key templates name.
         """
         if not isinstance(key, str) or not key:
             raise ConfigError(f"a target key must be a non-empty string, got {key!r}")
         self._signature.check(args)
+        for template in self.policy.limits:
+            template_arguments(template, args, task=self.name, target=key)
         self.engine._add_target(self, key, args)
 
     def remove_target(self, key: str) -> None:
@@ -380,8 +401,9 @@ class _TargetSignature:
     """Which target arguments a task's function takes, to check them early.
 
     A function that cannot be called as ``await fn(ctx, **args)`` with a
-    target's arguments would fail on every run; these checks make it fail
-    when it is declared or the target is added instead.
+    target's arguments, or a limit key template naming an argument it never
+    gets, would fail on every run; these checks make it fail when it is
+    declared or the target is added instead.
     """
 
     def __init__(
@@ -444,5 +466,19 @@ class _TargetSignature:
             takes = ", ".join(sorted(self.allowed)) or "none"
             raise ConfigError(
                 f"target arguments of task {self.task!r}: {'; '.join(problems)} "
+                f"(it takes: {takes})"
+            )
+
+    def check_template(self, template: str) -> None:
+        """Raise ``ConfigError`` unless the function takes what *template* names."""
+        fields = template_fields(template)
+        if self.open_ended:
+            return  # **kwargs takes whatever a target brings
+        unknown = [name for name in fields if name not in self.allowed]
+        if unknown:
+            takes = ", ".join(sorted(self.allowed)) or "none"
+            raise ConfigError(
+                f"limit key template {template!r} of task {self.task!r} names "
+                f"the argument {unknown[0]!r}, which its function does not take "
                 f"(it takes: {takes})"
             )

@@ -141,14 +141,24 @@ def run(
     the shutdown grace); a second one cancels them at once.
     """
     try:
-        engine = _prepare(config, metrics_address)
-        if engine.metrics_address is not None:
-            _probe_metrics_address(engine.metrics_address)
+        loaded, engine = _load(config, metrics_address)
+        # Whatever `check` refuses, `run` refuses before anything starts:
+        # describing the engine makes the checks `check` makes last (limit
+        # key templates against the targets declared in code).
+        _describe(loaded, engine)
+        address = engine.metrics_address
+        if address is None:
+            # Neither the option, the config nor the code chose: the default.
+            address = DEFAULT_METRICS_ADDRESS
+            engine.configure(metrics_address=address)
+        _probe_metrics_address(address)
     except ConfigError as exc:
         _fail(exc, _EXIT_USAGE)
 
     logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
-    http_level = logging.NOTSET if log_level == "debug" else logging.WARNING
+    # DEBUG, not NOTSET: slapoll quiets an httpx logger whose level is
+    # unset when it opens its client.
+    http_level = logging.DEBUG if log_level == "debug" else logging.WARNING
     for name in _HTTP_LOGGERS:
         logging.getLogger(name).setLevel(http_level)
     trio.run(_run_engine, engine, duration)
@@ -178,9 +188,7 @@ def check(config: Path) -> None:
     `run` (the engine being checked may be the one serving it now).
     """
     try:
-        loaded = load_config(config)
-        engine = load_engine(loaded)
-        apply_config(loaded, engine)
+        loaded, engine = _load(config)
         _resolve_metrics_address(engine.metrics_address or DEFAULT_METRICS_ADDRESS)
         description = _describe(loaded, engine)
     except ConfigError as exc:
@@ -234,7 +242,11 @@ def demo(duration: float | None, metrics_address: str, targets: int) -> None:
         _fail(exc, _EXIT_USAGE)
 
 
-def _prepare(path: Path, metrics_address: str | None) -> Engine:
+def _load(path: Path, metrics_address: str | None = None) -> tuple[Config, Engine]:
+    """Read the config at *path*, import its engine and apply the config.
+
+    A *metrics_address* given on the command line overrides the config's.
+    """
     config = load_config(path)
     if metrics_address is not None:
         config = attrs.evolve(
@@ -245,10 +257,7 @@ def _prepare(path: Path, metrics_address: str | None) -> Engine:
         )
     engine = load_engine(config)
     apply_config(config, engine)
-    if engine.metrics_address is None:
-        # Neither the option, the config nor the code chose: the default.
-        engine.configure(metrics_address=DEFAULT_METRICS_ADDRESS)
-    return engine
+    return config, engine
 
 
 def _resolve_metrics_address(
@@ -320,8 +329,10 @@ def _describe(config: Config, engine: Engine) -> str:
         "",
     ]
 
-    header = ("task", "sla", "interval", "priority", "limits", "timeout")
-    rows: list[tuple[str, ...]] = [(*header, "retries", "overlap", "targets")]
+    # Short and two-line headings, and a line per limit key, keep the table
+    # within 80 columns with every value whole.
+    header = ("task", "sla", "every", "prio", "time-\nout", "re-\ntries")
+    rows: list[tuple[str, ...]] = [(*header, "over-\nlap", "targets", "limits")]
     rows.extend(
         _task_row(task.name, task.policy, _targets(task))
         for task in engine.tasks.values()
@@ -421,9 +432,9 @@ def _task_row(name: str, policy: TaskPolicy, targets: int) -> tuple[str, ...]:
         format_duration(policy.sla_s),
         "auto" if every is None else format_duration(every),
         str(policy.priority),
-        ",".join(policy.limits) or "-",
         timeout if policy.timeout_s is not None else f"{timeout} (sla)",
         str(policy.retries),
         policy.overlap,
         str(targets),
+        "\n".join(policy.limits) or "-",
     )

@@ -64,6 +64,7 @@ import os
 import re
 import sys
 import tomllib
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NewType, TypeVar
@@ -81,9 +82,9 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ._durations import MAX_DURATION_S, parse_duration
 from ._engine import Engine, parse_address
-from ._http import _template_fields
-from ._policy import TaskPolicy
+from ._policy import TaskPolicy, template_fields
 from ._ratelimit import LimitSpec, Rate, parse_rate
+from ._task import Task
 from .errors import ConfigError
 
 __all__ = [
@@ -119,6 +120,10 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 # One label of a host name (RFC 1123; "_" too, as container names have it).
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 _MAX_HOST_NAME = 253
+# Frames in these are left out of the traceback of an app that fails to
+# import: the user's own code is what they need to see.
+_SLAPOLL_DIR = Path(__file__).resolve().parent
+_IMPORTLIB_DIR = Path(importlib.__file__).resolve().parent
 # Dropping what failed to structure leaves data that structures; should a
 # shape no hook covers defeat that, give up after a few rounds.
 _STRUCTURE_ATTEMPTS = 4
@@ -675,6 +680,22 @@ def _policy_problem(
     return None
 
 
+def _task_problem(task: Task, table: TaskConfig) -> str | None:
+    """Say what is wrong with *table* applied to *task*, if anything.
+
+    Besides the policy's own rules, the limit key templates the table lists
+    must be ones that the task's function and targets can fill.
+    """
+    problem = _policy_problem(task.policy, task.name, table.options())
+    if problem is not None or table.limits is None:
+        return problem
+    try:
+        task.check_limits(table.limits)
+    except ConfigError as exc:
+        return _name_option(_dotted("tasks", task.name), f"limits: {exc}", ["limits"])
+    return None
+
+
 def _limit_problems(limits: Mapping[str, LimitConfig]) -> Iterator[str]:
     for name, limit in limits.items():
         table = _dotted("limits", name)
@@ -704,7 +725,7 @@ def _limit_name_problem(name: str) -> str | None:
     if not name:
         return "a limit name must not be empty"
     try:
-        _template_fields(name)
+        template_fields(name)
     except ConfigError as exc:
         return str(exc)
     return None
@@ -723,10 +744,14 @@ def _limit_problem(
 
 def _name_option(table: str, message: str, options: Iterable[str]) -> str:
     # The option the message opens with is the one to blame; the longest
-    # name first, so "retry_backoff" is not mistaken for "retries".
+    # name first, so "retry_backoff" is not mistaken for "retries". A
+    # message may open with the option and a colon, then say what of its
+    # value is wrong ("limits: limit key template ...").
     for option in sorted(options, key=len, reverse=True):
         if message.startswith(option + " "):
             return _name_key(f"{table}.{option}", message, subject=option)
+        if message.startswith(option + ": "):
+            return f"{table}.{message}"
     return f"{table}: {message}"
 
 
@@ -802,11 +827,7 @@ def apply_config(config: Config, engine: Engine) -> None:
             problem
             for name, task in config.tasks.items()
             if name in engine.tasks
-            and (
-                problem := _policy_problem(
-                    engine.tasks[name].policy, name, task.options()
-                )
-            )
+            and (problem := _task_problem(engine.tasks[name], task))
         ),
         *_pool_problems(knobs, in_force),
         *(
@@ -841,8 +862,12 @@ def load_engine(config: Config) -> Engine:
 
     The module is looked up in the config file's directory first, then in
     the current directory; both stay on ``sys.path`` so that the module's
-    own imports keep working while the engine runs. Errors inside the
-    module other than a missing import propagate unchanged.
+    own imports keep working while the engine runs. Raises ``ConfigError``
+    when the module is missing or lacks the attribute, and when importing
+    it fails: a missing import of its own is named in one line; any other
+    error (a syntax error, an exception raised at import, a ``ConfigError``
+    of a task it declares) comes with the traceback through the user's
+    code, slapoll's and the import machinery's frames left out.
     """
     app = config.engine.app
     if app is None:
@@ -889,6 +914,42 @@ def _import_app_module(config_path: Path, module_name: str, app: str) -> object:
             f"{config_path}: engine.app = {app!r}: no module {module_name!r} in "
             f"{' or '.join(search)}"
         ) from None
+    except Exception as exc:
+        # The bug is in the user's module, so they need to see where; what
+        # led there from the command line is of no help to them.
+        raise ConfigError(
+            f"importing app {app!r} failed:\n{_user_traceback(exc)}"
+        ) from exc
+
+
+def _user_traceback(error: BaseException) -> str:
+    """*error*'s traceback without the frames of slapoll and of importing.
+
+    What is left are the frames of the user's code (and of what it
+    called), then the error itself; for a syntax error, its file, line
+    and caret. Chained errors are shown as Python shows them.
+    """
+    trace = traceback.TracebackException.from_exception(error)
+    pending = [trace]
+    while pending:
+        current = pending.pop()
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not _is_machinery(frame.filename)]
+        )
+        pending.extend(
+            chained
+            for chained in (current.__cause__, current.__context__)
+            if chained is not None
+        )
+    return "".join(trace.format()).rstrip("\n")
+
+
+def _is_machinery(filename: str) -> bool:
+    """Whether code in *filename* is slapoll's or Python's import system."""
+    if filename.startswith("<frozen importlib"):
+        return True
+    path = Path(filename)
+    return path.is_relative_to(_SLAPOLL_DIR) or path.is_relative_to(_IMPORTLIB_DIR)
 
 
 def _is_prefix(package: str, module_name: str) -> bool:

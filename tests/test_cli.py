@@ -95,11 +95,13 @@ def test_check_prints_what_would_run(config: Path) -> None:
     assert "workers: 3 (between 1 and 8)" in lines
     assert "metrics: 127.0.0.1:0" in lines
     header = lines.index(
-        "task    sla  interval  priority  limits  timeout   retries  overlap  targets"
+        "task    sla  every  prio  out       tries  lap    targets  limits"
     )
-    assert lines[header + 1 : header + 3] == [
-        "feed    1s   50ms      2         api     500ms     0        skip     2",
-        "digest  1m   auto      0         -       1m (sla)  0        skip     1",
+    assert lines[header - 1 : header + 3] == [
+        "                          time-     re-    over-",
+        "task    sla  every  prio  out       tries  lap    targets  limits",
+        "feed    1s   50ms   2     500ms     0      skip   2        api",
+        "digest  1m   auto   0     1m (sla)  0      skip   1        -",
     ]
     assert lines[-1] == "ok: 2 tasks, 3 targets declared in code"
 
@@ -169,6 +171,65 @@ def test_check_without_app_exits_1(tmp_path: Path) -> None:
 
     assert result.exit_code == 1
     assert "engine.app is not set" in result.stderr
+
+
+# The README's tour and examples/feeds.py in one app, at a realistic scale:
+# tasks with several limit keys, a default timeout, each overlap policy.
+REALISTIC_APP = """
+import slapoll
+
+engine = slapoll.Engine(workers=32)
+engine.limit("api", rate="5000/h", burst=100)
+engine.limit("api:{token}", rate="60/m")
+engine.limit("feeds", rate="30/m")
+
+
+@engine.task(sla="30s", every="10s", priority=2, timeout="5s", retries=2,
+             limits=["api", "api:{token}"])
+async def feed(ctx, token):
+    pass
+
+
+@engine.task(sla="5m", every="1m", priority=1, timeout="10s", retries=1,
+             limits=["feeds"], overlap="queue_one")
+async def poll_feed(ctx, url):
+    pass
+
+
+@engine.task(sla="2m", every="30s", overlap="allow", max_concurrent=2)
+async def check_status(ctx):
+    pass
+
+
+for i in range(3000):
+    feed.add_target(f"user:{i}", token=f"token-{i % 400}")
+for i in range(40):
+    poll_feed.add_target(f"feed:{i}", url=f"https://feeds.example/{i}.xml")
+"""
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_check_output_fits_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "realistic_app.py").write_text(REALISTIC_APP, encoding="utf-8")
+    (tmp_path / "slapoll.toml").write_text(
+        '[engine]\napp = "realistic_app:engine"\n'
+        '[tasks.feed]\nexpected_duration = "300ms"\n',
+        encoding="utf-8",
+    )
+    # As it is usually run: from the config's folder, the path is short.
+    monkeypatch.chdir(tmp_path)
+
+    result = invoke("check", "slapoll.toml")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    # Every value is whole: the task table shows each limit key in full.
+    assert "api:{token}" in result.stdout
+    assert "2m (sla)" in result.stdout
+    assert "queue_one" in result.stdout
+    assert [line for line in lines if len(line) > 80] == []
 
 
 # -- run --------------------------------------------------------------------
@@ -276,7 +337,7 @@ def test_demo_rejects_a_bad_duration(demo_calls: list[dict[str, object]]) -> Non
     assert result.exit_code == 2
     assert (
         "Invalid value for '--duration': must be a duration such as '250ms', "
-        "'30s', '5m' or '1h', got 'soon'"
+        "'30s', '5m' or '1h', or a plain number of seconds, got 'soon'"
     ) in result.stderr
     assert demo_calls == []
 
@@ -382,7 +443,7 @@ for i, account in enumerate(["ann", "ann", "ann", "bob"]):
 @pytest.fixture
 def template_config(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """A config whose app draws on the limit key template "gh:{account}"."""
-    module = f"tapp_{request.node.name}"
+    module = f"tapp_{request.node.name}".replace("[", "_").replace("]", "_")
     (tmp_path / f"{module}.py").write_text(TEMPLATE_APP, encoding="utf-8")
     path = tmp_path / "slapoll.toml"
     path.write_text(
@@ -411,23 +472,163 @@ def test_check_shows_a_template_budget_per_credential(template_config: Path) -> 
     assert "ann" not in result.stdout
 
 
+# `check` finds a problem in what would run: exit 1; `run` refuses to start
+# on the same problem with the same message: exit 2.
+COMMANDS = [("check", 1), ("run", 2)]
+
+
+def invoke_refused(command: str, config: Path) -> Result:
+    """Invoke *command* on *config*; should `run` start after all, it stops
+    at once rather than run until the test times out."""
+    if command == "run":
+        return invoke("run", str(config), "--duration", "0s")
+    return invoke(command, str(config))
+
+
 @pytest.mark.usefixtures("isolated_imports")
-def test_check_rejects_a_template_argument_a_target_lacks(
-    template_config: Path,
+@pytest.mark.parametrize(("command", "status"), COMMANDS)
+def test_a_template_argument_a_target_lacks_is_refused(
+    template_config: Path, command: str, status: int
 ) -> None:
-    text = template_config.read_text().replace("gh:{account}", "gh:{org}")
-    template_config.write_text(text, encoding="utf-8")
+    # The function takes org, but none of the targets declared in code
+    # passes it: every run would fail to fill the key.
     for app in template_config.parent.glob("tapp_*.py"):
-        app.write_text(TEMPLATE_APP.replace("gh:{account}", "gh:{org}"))
-
-    result = invoke("check", str(template_config))
-
-    assert result.exit_code == 1
-    assert result.stderr == (
-        "error: limit key template 'gh:{org}' of task 'repos' needs the argument "
-        "'org', which target 'r0' does not have; its arguments are "
-        "['account', 'token']\n"
+        app.write_text(
+            TEMPLATE_APP.replace(
+                "(ctx, account, token)", "(ctx, account, token, org='')"
+            )
+        )
+    text = template_config.read_text().replace(
+        "[tasks.repos]\n", '[tasks.repos]\nlimits = ["gh:{account}", "gh:{org}"]\n'
     )
+    template_config.write_text(text, encoding="utf-8")
+
+    result = invoke_refused(command, template_config)
+
+    assert result.exit_code == status
+    assert result.stderr == (
+        f"error: {template_config}: tasks.repos.limits: limit key template "
+        "'gh:{org}' of task 'repos' needs the argument 'org', which target 'r0' "
+        "does not have; its arguments are ['account', 'token']\n"
+    )
+
+
+@pytest.mark.usefixtures("isolated_imports")
+@pytest.mark.parametrize(("command", "status"), COMMANDS)
+def test_a_malformed_template_in_the_config_is_refused(
+    config: Path, command: str, status: int
+) -> None:
+    config.write_text(config.read_text() + 'limits = ["api:{tok"]\n')
+
+    result = invoke_refused(command, config)
+
+    assert result.exit_code == status
+    assert result.stderr == (
+        f"error: {config}: tasks.feed.limits: limit key template 'api:{{tok' "
+        "is not a valid template; write arguments as {name}, literal braces "
+        "as {{ and }}\n"
+    )
+
+
+@pytest.mark.usefixtures("isolated_imports")
+@pytest.mark.parametrize(("command", "status"), COMMANDS)
+def test_a_template_the_function_does_not_take_is_refused(
+    config: Path, command: str, status: int
+) -> None:
+    # The decorator itself refuses it, so the error is the app's, shown
+    # with the line of the app that declares the task.
+    (app,) = config.parent.glob("app_*.py")
+    app.write_text(APP.replace('limits=["api"]', 'limits=["api:{acct}"]'))
+
+    result = invoke_refused(command, config)
+
+    assert result.exit_code == status
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"error: importing app '{app.stem}:engine' failed:"
+    assert lines[1:3] == [
+        "Traceback (most recent call last):",
+        f'  File "{app}", line 8, in <module>',
+    ]
+    assert lines[-1] == (
+        "slapoll.errors.ConfigError: limit key template 'api:{acct}' of task "
+        "'feed' names the argument 'acct', which its function does not take "
+        "(it takes: url)"
+    )
+
+
+BROKEN_SYNTAX = """
+import slapoll
+
+engine = slapoll.Engine(
+"""
+
+RAISING_APP = """
+import slapoll
+
+engine = slapoll.Engine()
+
+
+def load_accounts():
+    raise RuntimeError("accounts.json is missing")
+
+
+ACCOUNTS = load_accounts()
+"""
+
+
+def app_config(tmp_path: Path, module: str, source: str) -> Path:
+    """A config naming *module*:engine, next to *module* holding *source*."""
+    (tmp_path / f"{module}.py").write_text(source, encoding="utf-8")
+    path = tmp_path / "slapoll.toml"
+    path.write_text(f'[engine]\napp = "{module}:engine"\n', encoding="utf-8")
+    return path
+
+
+def frames(stderr: str) -> list[str]:
+    """The 'File ...' lines of a traceback printed to *stderr*."""
+    return [line for line in stderr.splitlines() if line.startswith("  File ")]
+
+
+@pytest.mark.usefixtures("isolated_imports")
+@pytest.mark.parametrize(("command", "status"), COMMANDS)
+def test_an_app_with_a_syntax_error_shows_where(
+    tmp_path: Path, command: str, status: int
+) -> None:
+    module = f"brokensyntax_{command}"
+    path = app_config(tmp_path, module, BROKEN_SYNTAX)
+
+    result = invoke_refused(command, path)
+
+    assert result.exit_code == status
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"error: importing app '{module}:engine' failed:"
+    assert frames(result.stderr) == [f'  File "{tmp_path / module}.py", line 4']
+    assert lines[-1] == "SyntaxError: '(' was never closed"
+
+
+@pytest.mark.usefixtures("isolated_imports")
+@pytest.mark.parametrize(("command", "status"), COMMANDS)
+def test_an_app_raising_at_import_shows_its_own_frames_only(
+    tmp_path: Path, command: str, status: int
+) -> None:
+    module = f"raisingapp_{command}"
+    path = app_config(tmp_path, module, RAISING_APP)
+
+    result = invoke_refused(command, path)
+
+    assert result.exit_code == status
+    lines = result.stderr.splitlines()
+    assert lines[:2] == [
+        f"error: importing app '{module}:engine' failed:",
+        "Traceback (most recent call last):",
+    ]
+    # Nothing of click, slapoll or importlib: only the user's module.
+    app = tmp_path / f"{module}.py"
+    assert frames(result.stderr) == [
+        f'  File "{app}", line 11, in <module>',
+        f'  File "{app}", line 8, in load_accounts',
+    ]
+    assert lines[-1] == "RuntimeError: accounts.json is missing"
 
 
 def test_check_directory_exits_1(tmp_path: Path) -> None:

@@ -372,7 +372,8 @@ def test_unparseable_duration_is_rejected(tmp_path: Path) -> None:
         ConfigError,
         match=re.escape(
             "slapoll.toml: tasks.feed.every must be a duration such as "
-            "'250ms', '30s', '5m' or '1h', got 'soon'"
+            "'250ms', '30s', '5m' or '1h', or a plain number of seconds, "
+            "got 'soon'"
         ),
     ):
         load_config(write(tmp_path, '[tasks.feed]\nevery = "soon"\n'))
@@ -706,7 +707,7 @@ def test_limit_config_has_every_limit_option() -> None:
         (
             'max_wait = "soon"',
             "limits.github.max_wait must be a duration such as '250ms', '30s', "
-            "'5m' or '1h', got 'soon'",
+            "'5m' or '1h', or a plain number of seconds, got 'soon'",
         ),
         (
             "failure_threshold = 0",
@@ -783,7 +784,15 @@ def test_every_problem_of_a_limits_table_is_listed(tmp_path: Path) -> None:
 
 def test_apply_config_declares_the_limits(tmp_path: Path) -> None:
     engine = make_engine()
-    uses = '[tasks.feed]\nlimits = ["github", "github:{account}"]\n'
+
+    @engine.task(sla="1m")
+    async def repos(ctx: slapoll.RunContext, account: str) -> None:
+        """Poll one account's repositories."""
+
+    uses = (
+        '[tasks.feed]\nlimits = ["github"]\n'
+        '[tasks.repos]\nlimits = ["github", "github:{account}"]\n'
+    )
 
     apply_config(load_config(write(tmp_path, uses + LIMITS)), engine)
 
@@ -948,6 +957,57 @@ def test_min_workers_above_the_declared_max_is_rejected(tmp_path: Path) -> None:
         apply_config(config, engine)
 
 
+def test_a_malformed_template_in_a_task_is_rejected_when_read(
+    tmp_path: Path,
+) -> None:
+    """A key no run could fill stops the file from loading, as `check` and
+    `run` both load it."""
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "slapoll.toml: tasks.feed.limits: limit key template 'api:{tok' is "
+            "not a valid template; write arguments as {name}, literal braces as "
+            "{{ and }}"
+        )
+        + "$",
+    ):
+        load_config(write(tmp_path, '[tasks.feed]\nlimits = ["api:{tok"]\n'))
+
+
+def test_templates_the_task_cannot_fill_are_listed_when_applied(
+    tmp_path: Path,
+) -> None:
+    """A template naming what the function does not take, or what a target
+    declared in code lacks, is a problem of the file; nothing changes."""
+    engine = make_engine()
+
+    @engine.task(sla="1m")
+    async def repos(ctx: slapoll.RunContext, token: str, org: str = "") -> None:
+        """Poll one token's repositories."""
+
+    repos.add_target("r1", token="secret")
+    text = (
+        '[tasks.feed]\nlimits = ["gh:{account}"]\n'
+        '[tasks.repos]\nlimits = ["gh:{org}"]\n'
+    )
+    config = load_config(write(tmp_path, text))
+
+    with pytest.raises(ConfigError) as caught:
+        apply_config(config, engine)
+
+    assert str(caught.value).endswith(
+        "slapoll.toml: 2 problems:\n"
+        "  - tasks.feed.limits: limit key template 'gh:{account}' of task "
+        "'feed' names the argument 'account', which its function does not "
+        "take (it takes: url)\n"
+        "  - tasks.repos.limits: limit key template 'gh:{org}' of task 'repos' "
+        "needs the argument 'org', which target 'r1' does not have; its "
+        "arguments are ['token']"
+    )
+    assert engine.tasks["feed"].policy.limits == ()
+    assert repos.policy.limits == ()
+
+
 def test_a_rejected_config_changes_nothing(tmp_path: Path) -> None:
     text = "[engine]\nworkers = 4\n[tasks.digest]\npriority = 9\n"
     text += '[tasks.feed]\nevery = "1m"\n[limits.github]\nrate = "1/s"\n'
@@ -1048,6 +1108,27 @@ def test_load_engine_reports_a_missing_import_inside_the_app(tmp_path: Path) -> 
         ),
     ):
         load_engine(config)
+
+
+@pytest.mark.usefixtures("isolated_imports")
+def test_load_engine_shows_the_app_s_own_traceback(tmp_path: Path) -> None:
+    """An app raising at import is the user's bug: they get its traceback,
+    without the frames of slapoll and of the import machinery."""
+    source = "import slapoll\n\nraise RuntimeError('no accounts')\n"
+    app = write(tmp_path, source, name="raising_app.py")
+    config = load_config(write(tmp_path, '[engine]\napp = "raising_app:engine"\n'))
+
+    with pytest.raises(ConfigError) as caught:
+        load_engine(config)
+
+    assert str(caught.value) == (
+        "importing app 'raising_app:engine' failed:\n"
+        "Traceback (most recent call last):\n"
+        f'  File "{app.resolve()}", line 3, in <module>\n'
+        "    raise RuntimeError('no accounts')\n"
+        "RuntimeError: no accounts"
+    )
+    assert isinstance(caught.value.__cause__, RuntimeError)
 
 
 @pytest.mark.usefixtures("isolated_imports")

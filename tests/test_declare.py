@@ -107,3 +107,106 @@ def test_limits_cannot_be_declared_while_running() -> None:
     with pytest.raises(slapoll.UsageError, match="declare budgets before"):
         engine.limit("api", rate="1/s")
     assert engine.limits["api"].rate is not None
+
+
+# -- limit key templates ----------------------------------------------------------
+
+
+def test_a_template_naming_no_parameter_is_rejected_when_declared() -> None:
+    """No target could ever fill "api:{acct}" for a function taking token:
+    every run would fail, so the declaration does."""
+    engine = slapoll.Engine()
+
+    with pytest.raises(
+        ConfigError,
+        match=r"limit key template 'api:\{acct\}' of task 'feed' names the "
+        r"argument 'acct', which its function does not take \(it takes: token\)$",
+    ):
+
+        @engine.task(sla="30s", limits=["api:{acct}"])
+        async def feed(ctx: RunContext, token: str) -> None:
+            pass
+
+    assert "feed" not in engine.tasks
+
+
+def test_a_malformed_template_is_rejected_when_declared() -> None:
+    engine = slapoll.Engine()
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^limits: limit key template 'api:\{tok' is not a valid template",
+    ):
+        engine.task(sla="30s", limits=["api:{tok"])
+
+
+def test_a_malformed_template_budget_is_rejected_when_declared() -> None:
+    engine = slapoll.Engine()
+
+    with pytest.raises(
+        ConfigError, match=r"^limit key template 'api:\{tok' is not a valid template"
+    ):
+        engine.limit("api:{tok", rate="10/s")
+
+    assert "api:{tok" not in engine.limits
+
+
+def test_a_keyword_catch_all_takes_any_template() -> None:
+    """With **kwargs the function takes whatever a template names; each
+    target must still bring it."""
+    engine = slapoll.Engine()
+
+    @engine.task(sla="30s", limits=["api:{account}"])
+    async def feed(ctx: RunContext, **args: object) -> None:
+        pass
+
+    feed.add_target("a", account="ann")
+    with pytest.raises(ConfigError, match=r"needs the argument 'account'"):
+        feed.add_target("b", token="x")
+    assert list(feed) == ["a"]
+
+
+def test_a_target_lacking_a_template_argument_is_rejected() -> None:
+    """The message names the target, the template and the argument."""
+    engine = slapoll.Engine()
+
+    @engine.task(sla="30s", limits=["api", "api:{account}"])
+    async def feed(ctx: RunContext, token: str, account: str = "") -> None:
+        pass
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^limit key template 'api:\{account\}' of task 'feed' needs the "
+        r"argument 'account', which target 't1' does not have; its arguments "
+        r"are \['token'\]$",
+    ):
+        feed.add_target("t1", token="x")
+    assert len(feed) == 0
+    feed.add_target("t1", token="x", account="ann")
+    assert list(feed) == ["t1"]
+
+
+def test_configure_checks_templates_against_the_function_and_targets() -> None:
+    """configure(limits=...) refuses what declaring would, and a template
+    the targets added so far cannot fill; the policy stays as it was."""
+    engine = slapoll.Engine()
+
+    @engine.task(sla="30s", limits=["api"])
+    async def feed(ctx: RunContext, token: str, account: str = "") -> None:
+        pass
+
+    feed.add_target("t1", token="x")
+    with pytest.raises(ConfigError, match=r"names the argument 'acct'"):
+        feed.configure(limits=["api:{acct}"])
+    with pytest.raises(ConfigError, match=r"^limits: limit key template 'api:\{'"):
+        feed.configure(limits=["api:{"])
+    with pytest.raises(
+        ConfigError,
+        match=r"'api:\{account\}' of task 'feed' needs the argument 'account', "
+        r"which target 't1' does not have",
+    ):
+        feed.configure(limits=["api:{account}"])
+    assert feed.policy.limits == ("api",)
+
+    feed.configure(limits=["api:{token}"])
+    assert feed.policy.limits == ("api:{token}",)

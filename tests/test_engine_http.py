@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -171,3 +171,66 @@ async def test_a_failed_request_is_logged_with_its_status_not_its_url(
 
     assert "feed[user:1]: run failed: HTTPStatusError (HTTP 404)" in caplog.text
     assert "s3cret-token" not in caplog.text
+
+
+@pytest.fixture
+def httpx_logger() -> Iterator[logging.Logger]:
+    """httpx's logger with no level of its own, as in a fresh process; its
+    level is put back afterwards."""
+    httpx_logger = logging.getLogger("httpx")
+    level = httpx_logger.level
+    httpx_logger.setLevel(logging.NOTSET)
+    yield httpx_logger
+    httpx_logger.setLevel(level)
+
+
+def token_feed(engine: slapoll.Engine) -> None:
+    """A task whose one target sends its token in the query string."""
+
+    @engine.task(sla="20s", every="10s")
+    async def feed(ctx: RunContext, token: str) -> None:
+        await ctx.http.get(f"http://api.test/feed?token={token}")
+
+    feed.add_target("user:1", token="s3cret-token")
+
+
+async def test_an_info_log_shows_no_request_urls(
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+    httpx_logger: logging.Logger,
+) -> None:
+    """A library user logging at INFO does not get httpx's line per request,
+    URL and token included: the engine turns httpx down to warnings."""
+    caplog.set_level(logging.INFO)
+    engine = engine_factory(
+        http_transport=httpx.MockTransport(lambda request: httpx.Response(200))
+    )
+    token_feed(engine)
+
+    await run_for(engine, 5)
+
+    assert "engine started" in caplog.text
+    assert engine.statistics().tasks["feed"].runs["success"] >= 1
+    assert "s3cret-token" not in caplog.text
+    assert httpx_logger.level == logging.WARNING
+
+
+async def test_a_level_set_on_the_httpx_logger_is_kept(
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+    httpx_logger: logging.Logger,
+) -> None:
+    """Who sets httpx's level chooses to see its lines."""
+    caplog.set_level(logging.INFO)
+    httpx_logger.setLevel(logging.DEBUG)
+    engine = engine_factory(
+        http_transport=httpx.MockTransport(lambda request: httpx.Response(200))
+    )
+    token_feed(engine)
+
+    await run_for(engine, 5)
+
+    assert "GET http://api.test/feed?token=s3cret-token" in caplog.text
+    assert httpx_logger.level == logging.DEBUG

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -237,6 +238,27 @@ def test_a_template_needing_a_missing_argument_is_a_config_error() -> None:
         r"'account', which target 't' does not have; its arguments are \['token'\]",
     ):
         layer.for_target("feed", "t", {"token": "x"}, ("gh:{account}",), FAR)
+
+
+def test_shown_keys_hash_arguments_with_a_key_of_the_process() -> None:
+    """Unkeyed, the hash in a log line would let a weak token be found by
+    hashing candidates; keyed, it still tells credentials apart the same way
+    throughout the process."""
+
+    def shown_key(layer: HttpLayer) -> str:
+        http = layer.for_target(
+            "feed", "t", {"token": "hunter2"}, ("api:{token}",), FAR
+        )
+        (shown,) = http.limit_keys
+        return shown
+
+    shown = shown_key(HttpLayer(max_connections=1))
+
+    unkeyed = hashlib.blake2b(b"hunter2", digest_size=16).hexdigest()
+    assert shown.startswith("api:#")
+    assert len(shown) == len("api:#") + 12
+    assert unkeyed[:12] not in shown
+    assert shown_key(HttpLayer(max_connections=1)) == shown
 
 
 @pytest.mark.parametrize("template", ["gh:{a.b}", "gh:{0}", "gh:{a!r}", "gh:{"])
