@@ -42,6 +42,10 @@ _TIMEOUT = Outcome.TIMEOUT.value
 _SKIPPED = Outcome.SKIPPED.value
 _CANCELLED = Outcome.CANCELLED.value
 
+# Failure warnings: at most this many per task (the first failure of each
+# target's streak) in this long; the rest go to debug level, said once.
+FAILURE_WARNINGS = 10
+FAILURE_WARNING_WINDOW_S = 60.0
 # A task is retimed when its interval moved by more than this share since
 # it last was; smaller changes take effect at each target's next due time.
 RETIME_TOLERANCE = 0.01
@@ -87,6 +91,8 @@ class Dispatcher:
         # hears of every pool resize (the client's connection permits).
         self.http_for: Callable[[TargetState, float], TargetHttp] | None = None
         self.on_resize: Callable[[int], None] | None = None
+        # Per task: when its failure warnings' window began, how many so far.
+        self._failure_warnings: dict[str, tuple[float, int]] = {}
         # Totals for the controller: runs ended and worker-seconds they took.
         self.runs_ended = 0
         self.busy_s_total = 0.0
@@ -419,9 +425,29 @@ class Dispatcher:
     def _log_failure(self, state: TargetState, what: str) -> None:
         # The first failure after a success is a warning, the rest of the
         # streak debug lines, so a target failing on every run does not
-        # flood the log.
-        level = logging.DEBUG if state.failures else logging.WARNING
-        logger.log(level, "%s[%s]: run failed: %s", state.task.name, state.key, what)
+        # flood the log. Thousands of targets failing at once (an upstream
+        # down) would still: past FAILURE_WARNINGS a task's warnings pause
+        # for the rest of FAILURE_WARNING_WINDOW_S, and one line says so.
+        task = state.task.name
+        level = logging.DEBUG
+        if not state.failures:
+            now = self.clock()
+            start, warned = self._failure_warnings.get(task, (-math.inf, 0))
+            if now - start >= FAILURE_WARNING_WINDOW_S:
+                start, warned = now, 0
+            if warned < FAILURE_WARNINGS:
+                level = logging.WARNING
+            elif warned == FAILURE_WARNINGS:
+                logger.warning(
+                    "%s: more than %d targets failed within %gs; the task's "
+                    "failures are logged at debug level for the next %.0fs",
+                    task,
+                    FAILURE_WARNINGS,
+                    FAILURE_WARNING_WINDOW_S,
+                    start + FAILURE_WARNING_WINDOW_S - now,
+                )
+            self._failure_warnings[task] = (start, warned + 1)
+        logger.log(level, "%s[%s]: run failed: %s", task, state.key, what)
 
     def _finish(
         self,

@@ -537,3 +537,40 @@ async def test_a_servers_minimum_interval_holds_only_its_own_target(
         "feed[slow]: the server asks for polls at least 60s apart "
         "(X-Poll-Interval), longer than the"
     ) in caplog.text
+
+
+async def test_many_targets_failing_at_once_do_not_flood_the_log(
+    autojump_clock: object,
+    engine_factory: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An upstream going down fails every target at once: ten warnings name
+    targets, one says the rest of the minute goes to debug level, and the
+    next minute warns again."""
+    engine = engine_factory()
+
+    @engine.task(sla="1h", every="20s", timeout="1s")
+    async def feed(ctx: RunContext, n: int) -> None:
+        # Down for the first 30 s, up for a minute (every target succeeds),
+        # then down again.
+        if trio.current_time() < 30 or 90 <= trio.current_time() < 130:
+            raise ConnectionError
+
+    for n in range(100):
+        feed.add_target(f"t{n}", n=n)
+    with caplog.at_level(logging.DEBUG, logger="slapoll"):
+        await run_for(engine, 140)
+
+    def warnings(text: str) -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.levelno == logging.WARNING and text in r.getMessage()
+        ]
+
+    named = warnings("run failed: ConnectionError")
+    paused = warnings("feed: more than 10 targets failed within 60s")
+    assert len(named) == 20
+    assert len(paused) == 2
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert sum("run failed" in r.getMessage() for r in debug) >= 100
