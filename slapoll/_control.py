@@ -485,19 +485,18 @@ def _key_decisions(
 
 
 def _capacity(pool: PoolSnapshot) -> float:
-    """The busy workers the intervals may keep: the pool at its most, held
-    to the saturation limit past which workers buy nothing.
+    """The busy workers the intervals may keep: the pool at its most.
 
     No headroom is kept here beyond the share of a budget every fit keeps
     (``BUDGET_UTILISATION``): at the pool's bound there is no more to add,
     and holding a quarter of it idle would stretch low priorities for
-    nothing.
+    nothing. The saturation limit is left out: it caps what the pool is
+    sized to, but it is read from noisy samples, and stretching intervals
+    on a misreading of it costs SLAs (in the demo, a limit read at start-up
+    stretched the lowest priority past its SLA with a third of the pool
+    idle).
     """
-    most = pool.max_size
-    limit = _saturation_limit(pool.samples)
-    if limit is not None:
-        most = min(most, max(limit, pool.min_size))
-    return float(most)
+    return float(pool.max_size)
 
 
 def _backlog(tasks: Sequence[TaskSnapshot], capacity: float) -> float:

@@ -401,8 +401,8 @@ class PoolPlan:
     did.
 
     ``needed_concurrency`` is taken at the intervals the budgets allow;
-    when the pool at its most, ``capacity`` (``max_size``, or the
-    saturation limit), cannot keep that many workers busy, intervals are
+    when the pool at its most, ``capacity`` (``max_size``), cannot keep
+    that many workers busy, intervals are
     stretched until it can (less the workers that clear the runs already
     waiting). ``concurrency_at_sla`` is the busy workers every task at its
     SLA-safe bound would take, lag left out: when the pool is short, the
