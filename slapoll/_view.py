@@ -121,6 +121,8 @@ def _footer(
 ) -> Text:
     parts = [] if elapsed_s is None else [f"up {elapsed_s:.1f}s"]
     target = "-" if plan is None else str(plan.pool.target_size)
+    if plan is not None and plan.pool.short:
+        target += f" ({plan.pool.workers_missing} workers short)"
     parts += [
         f"workers {stats.busy_workers}/{stats.pool_size} busy",
         f"pool target {target}",
@@ -134,8 +136,6 @@ def _footer(
             f"requests {sandbox.requests}",
         ]
     footer = Text("  ·  ".join(parts))
-    if plan is not None and plan.pool.short:
-        footer.append(f"  {plan.pool.workers_missing} workers short", style="red")
     # A template's budget is per credential, enforced request by request;
     # the plan sums its demand as if it were one key, which reads wrong.
     keys = [] if plan is None else [k for k in plan.keys if "{" not in k.name]

@@ -6,6 +6,7 @@ import io
 import re
 import types
 
+import attrs
 from rich.console import Console, RenderableType
 
 from slapoll._control import (
@@ -296,6 +297,26 @@ def test_footer_shows_the_pool_target_beside_the_pool() -> None:
 
     assert "workers 12/64 busy" in text
     assert "pool target 72" in text
+
+
+def test_footer_says_how_many_workers_a_short_pool_lacks() -> None:
+    """When the pool at its most cannot keep every SLA, the footer says by
+    how much, beside the pool target."""
+    plan = control_plan(tasks=(task_plan(),))
+    short = attrs.evolve(
+        plan,
+        pool=attrs.evolve(
+            plan.pool, capacity=64.0, concurrency_at_sla=88.5, workers_missing=25
+        ),
+    )
+    stats = engine_stats(task_stats())
+
+    text = text_of(render(stats, requests_per_s=0.0, sandbox=None, plan=short))
+
+    assert "pool target 72 (25 workers short)" in text
+    assert "short" not in text_of(
+        render(stats, requests_per_s=0.0, sandbox=None, plan=plan)
+    )
 
 
 def test_footer_shows_each_keys_demand_against_its_budget() -> None:
