@@ -256,6 +256,12 @@ def _plan_series(plan: ControlPlan, decisions: Mapping[str, int]) -> Iterator[Me
         value=plan.pool.target_size,
     )
     yield GaugeMetricFamily(
+        "slapoll_pool_workers_missing",
+        "Workers the pool at max_workers lacks to keep every SLA (0 when it "
+        "can); meanwhile low priorities are stretched to fit.",
+        value=plan.pool.workers_missing,
+    )
+    yield GaugeMetricFamily(
         "slapoll_desired_replicas",
         "Processes needed at the per-process worker ceiling, for an autoscaler.",
         value=plan.desired_replicas,

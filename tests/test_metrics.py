@@ -101,3 +101,27 @@ def test_each_engine_has_its_own_registry() -> None:
     """Two engines in one process do not collide on metric names."""
     first, second = slapoll.Engine(), slapoll.Engine()
     assert first.registry is not second.registry
+
+
+async def test_a_pool_too_small_for_every_sla_exports_the_workers_missing(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """100 targets of 2 s runs with a 10 s SLA: at the SLA-safe bound without
+    lag (10 - 2 s) they keep 25 workers busy; with 4 at most, 21 are missing."""
+    engine = engine_factory(workers=4, min_workers=1, max_workers=4)
+
+    @engine.task(sla="10s", every="5s")
+    async def feed(ctx: RunContext, n: int) -> None:
+        await trio.sleep(2)
+
+    for n in range(100):
+        feed.add_target(f"t{n}", n=n)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(20.5)
+        values = samples(engine)
+        engine.stop()
+
+    assert engine.plan is not None
+    assert engine.plan.pool.workers_missing == 21
+    assert values["slapoll_pool_workers_missing", ()] == 21
