@@ -39,6 +39,8 @@ _COLUMNS = (
     "lag\np99",
     "runs\nok/err/to",
 )
+# Between the items of a footer line.
+_SEPARATOR = " · "
 # Durations below one second read better in milliseconds.
 _MS_PER_S = 1000.0
 
@@ -83,9 +85,13 @@ def _task_table(stats: EngineStatistics, plan: ControlPlan | None) -> Table:
         table.add_column(name, justify="right", no_wrap=True)
 
     plans = {} if plan is None else {t.name: t for t in plan.tasks}
-    for task in sorted(stats.tasks.values(), key=lambda t: (-t.priority, t.name)):
+    for task in _by_priority(stats):
         table.add_row(*_task_row(task, plans.get(task.name)))
     return table
+
+
+def _by_priority(stats: EngineStatistics) -> list[TaskStatistics]:
+    return sorted(stats.tasks.values(), key=lambda t: (-t.priority, t.name))
 
 
 def _task_row(task: TaskStatistics, plan: TaskPlan | None) -> list[RenderableType]:
@@ -94,8 +100,6 @@ def _task_row(task: TaskStatistics, plan: TaskPlan | None) -> list[RenderableTyp
     stale_style = "red" if task.worst_staleness_s > task.sla_s else ""
     violating_style = "red" if task.violating else ""
     targets = f"{task.targets}"
-    if task.paused:
-        targets += f" ({task.paused} paused)"
 
     # Text, not markup strings: a task name such as "[x]" is shown as is.
     return [
@@ -108,8 +112,17 @@ def _task_row(task: TaskStatistics, plan: TaskPlan | None) -> list[RenderableTyp
         Text(str(task.violating), style=violating_style),
         Text(_duration(task.worst_staleness_s), style=stale_style),
         _duration(task.lag_p99_s),
-        "/".join(str(n) for n in outcomes),
+        "/".join(_count(n) for n in outcomes),
     ]
+
+
+def _count(n: int) -> str:
+    """A count in at most five characters: ``9999``, ``22.4k``, ``1.2M``."""
+    if n < 10_000:
+        return str(n)
+    if n < 999_500:
+        return f"{n / 1000:.1f}k" if n < 99_950 else f"{n / 1000:.0f}k"
+    return f"{n / 1_000_000:.1f}M"
 
 
 def _footer(
@@ -119,30 +132,40 @@ def _footer(
     elapsed_s: float | None,
     plan: ControlPlan | None,
 ) -> Text:
+    # One line for the engine, one for the API: each fits 80 columns, so
+    # neither wraps in the middle of an item.
     parts = [] if elapsed_s is None else [f"up {elapsed_s:.1f}s"]
     target = "-" if plan is None else str(plan.pool.target_size)
-    if plan is not None and plan.pool.short:
-        target += f" ({plan.pool.workers_missing} workers short)"
     parts += [
         f"workers {stats.busy_workers}/{stats.pool_size} busy",
         f"pool target {target}",
         f"ready {stats.ready}",
         f"{requests_per_s:.1f} req/s",
     ]
+    footer = Text(_SEPARATOR.join(parts))
+    paused = [f"{t.name} {t.paused}" for t in _by_priority(stats) if t.paused]
+    if paused:
+        footer.append("\npaused targets  " + _SEPARATOR.join(paused))
+    if plan is not None and plan.pool.short:
+        footer.append(
+            f"\npool short by {plan.pool.workers_missing} workers for every "
+            "SLA: low priorities stretched",
+            style="red",
+        )
     if sandbox is not None:
-        parts += [
+        counts = (
             f"429s {sandbox.too_many}",
             f"304s {sandbox.not_modified}",
             f"requests {sandbox.requests}",
-        ]
-    footer = Text("  ·  ".join(parts))
+        )
+        footer.append("\nsandbox  " + _SEPARATOR.join(counts))
     # A template's budget is per credential, enforced request by request;
     # the plan sums its demand as if it were one key, which reads wrong.
     keys = [] if plan is None else [k for k in plan.keys if "{" not in k.name]
     if keys:
         footer.append("\nlimits  ")
         for i, key in enumerate(keys):
-            footer.append("  ·  " if i else "")
+            footer.append(_SEPARATOR if i else "")
             footer.append_text(_key(key))
     return footer
 

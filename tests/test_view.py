@@ -7,6 +7,7 @@ import re
 import types
 
 import attrs
+import pytest
 from rich.console import Console, RenderableType
 
 from slapoll._control import (
@@ -161,11 +162,10 @@ def test_footer_shows_workers_rate_and_sandbox_counts() -> None:
         render(engine_stats(task_stats()), requests_per_s=153.25, sandbox=SANDBOX)
     )
 
-    footer = text.strip().splitlines()[-1]
-    assert "workers 12/64 busy" in footer
-    assert "153.2 req/s" in footer
-    assert "429s 100" in footer
-    assert "304s 900" in footer
+    engine_line, sandbox_line = text.strip().splitlines()[-2:]
+    assert "workers 12/64 busy" in engine_line
+    assert "153.2 req/s" in engine_line
+    assert sandbox_line == "sandbox  429s 100 · 304s 900 · requests 5000"
 
 
 def test_footer_starts_with_elapsed_time_when_given() -> None:
@@ -200,21 +200,65 @@ def test_tasks_are_listed_by_priority_then_name() -> None:
     assert positions == sorted(positions)
 
 
-def test_a_busy_table_fits_80_columns_with_nothing_cut() -> None:
-    """A common terminal width shows every heading and value whole."""
-    stats = engine_stats(
-        task_stats("urgent", runs={"success": 123456, "error": 12, "timeout": 3}),
-        task_stats("normal"),
+def test_a_busy_view_fits_80_columns_with_nothing_cut_or_wrapped() -> None:
+    """A common terminal width shows every heading and value whole, and no
+    footer line wraps in the middle of an item, however busy the engine."""
+    stats = attrs.evolve(
+        engine_stats(
+            task_stats("urgent", runs={"success": 123456, "error": 12, "timeout": 3}),
+            task_stats("normal", targets=4000, paused=120),
+        ),
+        busy_workers=256,
+        pool_size=256,
+        ready=11227,
     )
     plan = control_plan(tasks=(task_plan("urgent"), task_plan("normal")))
+    short = attrs.evolve(
+        plan,
+        pool=attrs.evolve(
+            plan.pool, capacity=256.0, concurrency_at_sla=400.0, workers_missing=144
+        ),
+    )
 
     text = text_of(
-        render(stats, requests_per_s=226.6, sandbox=None, plan=plan), width=80
+        render(
+            stats, requests_per_s=1597.3, sandbox=SANDBOX, elapsed_s=1234.5, plan=short
+        ),
+        width=80,
     )
 
     assert "…" not in text
-    assert cells_of(row_of(text, "urgent"))[-1] == "123456/12/3"
-    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    # Counts past 9,999 are shortened, so the column stays narrow.
+    assert cells_of(row_of(text, "urgent"))[-1] == "123k/12/3"
+    lines = text.rstrip().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    assert [line.split()[0] for line in lines[-4:]] == [
+        "up",
+        "paused",
+        "pool",
+        "sandbox",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"),
+    [
+        (9999, "9999"),
+        (10_000, "10.0k"),
+        (22_362, "22.4k"),
+        (99_949, "99.9k"),
+        (99_950, "100k"),
+        (999_499, "999k"),
+        (999_500, "1.0M"),
+        (12_345_678, "12.3M"),
+    ],
+)
+def test_run_counts_are_at_most_five_characters(n: int, shown: str) -> None:
+    stats = engine_stats(task_stats(runs={"success": n, "error": 0, "timeout": 0}))
+
+    text = text_of(render(stats, requests_per_s=0.0, sandbox=None))
+
+    assert cells_of(row_of(text, "feed"))[-1] == f"{shown}/0/0"
 
 
 def test_nothing_observed_reads_as_full_attainment() -> None:
@@ -227,13 +271,15 @@ def test_nothing_observed_reads_as_full_attainment() -> None:
 
 
 def test_paused_targets_and_missing_outcomes_are_shown() -> None:
-    """Paused targets are noted; outcomes never seen count as 0."""
+    """Paused targets are counted below the table (the row keeps its
+    width); outcomes never seen count as 0."""
     stats = engine_stats(task_stats(paused=7, runs={}))
 
-    row = row_of(text_of(render(stats, requests_per_s=0.0, sandbox=None)), "feed")
+    text = text_of(render(stats, requests_per_s=0.0, sandbox=None))
 
-    assert "1000 (7 paused)" in row
-    assert "0/0/0" in row
+    assert cells_of(row_of(text, "feed"))[1] == "1000"
+    assert cells_of(row_of(text, "feed"))[-1] == "0/0/0"
+    assert "\npaused targets  feed 7\n" in text
 
 
 def test_violations_are_coloured_red() -> None:
@@ -313,7 +359,7 @@ def test_footer_says_how_many_workers_a_short_pool_lacks() -> None:
 
     text = text_of(render(stats, requests_per_s=0.0, sandbox=None, plan=short))
 
-    assert "pool target 72 (25 workers short)" in text
+    assert "pool short by 25 workers for every SLA" in text
     assert "short" not in text_of(
         render(stats, requests_per_s=0.0, sandbox=None, plan=plan)
     )
