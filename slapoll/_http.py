@@ -686,8 +686,8 @@ class TargetHttp:
     ) -> httpx.Response:
         """Send one request within budget; see ``httpx.AsyncClient.request``.
 
-        Known shortcoming: redirects that httpx follows are sent without
-        drawing from the budget again.
+        Redirects are followed here, not by httpx, so that each hop draws
+        from the budget like any request: an API counts them.
         """
         layer = self._layer
         request = layer.client.build_request(
@@ -710,7 +710,14 @@ class TargetHttp:
         started = layer.now()
         try:
             with trio.CancelScope(deadline=self.deadline_s) as scope:
-                response = await self._send(request, auth, follow_redirects, started)
+                response = await self._send(request, auth, started)
+                follow = (
+                    follow_redirects
+                    if isinstance(follow_redirects, bool)
+                    else layer.client.follow_redirects
+                )
+                if follow:
+                    response = await self._follow(response)
         except BaseException:
             for state in states:
                 state.budget.circuit.abandon()
@@ -722,11 +729,32 @@ class TargetHttp:
             )
         return response
 
+    async def _follow(self, response: httpx.Response) -> httpx.Response:
+        """Follow *response*'s redirects, each hop sent within budget.
+
+        httpx builds each next request (``Response.next_request``: cookies
+        kept, credentials dropped on a change of origin) as it would when
+        following them itself, and the client's ``max_redirects`` holds.
+        """
+        layer = self._layer
+        history: list[httpx.Response] = []
+        while response.next_request is not None:
+            if len(history) >= layer.client.max_redirects:
+                raise httpx.TooManyRedirects(
+                    "Exceeded maximum allowed redirects.", request=response.request
+                )
+            await response.aclose()
+            history.append(response)
+            # No auth again: the first request's headers carried it, and
+            # httpx kept them only if the origin stayed the same.
+            response = await self._send(response.next_request, None, layer.now())
+        response.history = history
+        return response
+
     async def _send(
         self,
         request: httpx.Request,
         auth: AuthTypes | UseClientDefault | None,
-        follow_redirects: bool | UseClientDefault,
         started: float,
     ) -> httpx.Response:
         layer = self._layer
@@ -740,7 +768,7 @@ class TargetHttp:
         self.wait_s += max(0.0, sent_at - started)
         try:
             response = await layer.client.send(
-                request, auth=auth, follow_redirects=follow_redirects
+                request, auth=auth, follow_redirects=False
             )
         except httpx.TransportError:
             self._failed(states)

@@ -598,3 +598,35 @@ async def test_metrics_have_the_documented_names_and_labels(
     ]:
         assert line in text, line
     assert "slapoll_limit_remaining" in text
+
+
+async def test_each_redirect_hop_draws_from_the_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A followed redirect is a request the API counts: 1/s with no burst
+    spaces the hop a second after the first request, the final response
+    carries the hop in its history, and max_redirects holds."""
+    sent: list[tuple[float, str]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((trio.current_time(), request.url.path))
+        if request.url.path == "/old":
+            return httpx.Response(301, headers={"Location": "http://api.test/new"})
+        if request.url.path == "/loop":
+            return httpx.Response(302, headers={"Location": "http://api.test/loop"})
+        return httpx.Response(200, text="here")
+
+    limits = {"api": LimitSpec.from_options(rate="1/s", burst=1)}
+    async with layer_with(handler, limits) as layer:
+        http = client(layer)
+        response = await http.get("http://api.test/old", follow_redirects=True)
+        unfollowed = await http.get("http://api.test/old")
+        with pytest.raises(httpx.TooManyRedirects):
+            await http.get("http://api.test/loop", follow_redirects=True)
+
+    assert response.status_code == 200
+    assert [r.status_code for r in response.history] == [301]
+    assert unfollowed.status_code == 301
+    assert sent[:3] == [(0.0, "/old"), (1.0, "/new"), (2.0, "/old")]
+    assert len(sent) == 3 + 21  # the loop: a first request and 20 hops
+    assert all(b - a >= 1.0 - 1e-9 for (a, _), (b, _) in itertools.pairwise(sent))
