@@ -83,6 +83,11 @@ WARNING_LOG_INTERVAL_S = 60.0
 # Connections per pool of the sharded transport: small enough that the
 # pool's per-request scan stays short, large enough to reuse connections.
 CONNECTIONS_PER_SHARD = 4
+# A credential's budget (a key filled from a template) that no run has used
+# for this long is dropped once at rest: an hour outlasts the windows APIs
+# count in, so a fresh budget in its place cannot send what the old one
+# would have held back. What it learned from the server is learned again.
+IDLE_KEY_S = 3600.0
 # A resolved key shows each argument as this many hex digits of a hash.
 ARGUMENT_HASH_DIGITS = 12
 # The hash is keyed: unkeyed, a weak token could be found from a log line
@@ -168,10 +173,20 @@ def resolve_key(
 class _KeyState:
     """A resolved key's budget with the trio objects that wait on it."""
 
-    __slots__ = ("budget", "concurrency", "key", "last_warning_log", "lot")
+    __slots__ = (
+        "budget",
+        "concurrency",
+        "held_until",
+        "key",
+        "last_warning_log",
+        "lot",
+    )
 
     def __init__(self, key: _Key, spec: LimitSpec) -> None:
         self.key = key
+        # The latest deadline of a run given this state, or of its latest
+        # request: until then a run may still use it (see HttpLayer._prune).
+        self.held_until = -math.inf
         self.budget = KeyBudget(spec, key=key.shown, limit=key.template)
         # Requests that wait for this key unbooked park here; a send wakes
         # one, a change that brings the next slot sooner wakes all.
@@ -321,6 +336,8 @@ class HttpLayer:
         )
         self._connections = trio.CapacityLimiter(max_connections)
         self._keys: dict[str, _KeyState] = {}
+        # What the budgets of dropped credentials counted, by template.
+        self._retired: dict[str, KeyBudget] = {}
         self._clock = clock
         self._wall_clock = wall_clock
         # Per (task, target): URL -> (ETag, Last-Modified) of the last
@@ -387,18 +404,46 @@ class HttpLayer:
             if resolved.identity not in states:
                 states[resolved.identity] = self._state(resolved)
         ordered = [states[k] for k in sorted(states)]
+        for state in ordered:  # see _prune; each request holds it longer
+            state.held_until = max(state.held_until, deadline)
         return TargetHttp(self, task, key, ordered, deadline)
 
     def _state(self, key: _Key) -> _KeyState:
-        # Known shortcoming: budgets of templated keys are never dropped,
-        # so memory grows with every credential ever seen (about a
-        # kilobyte each) until the layer is closed.
         state = self._keys.get(key.identity)
         if state is None:
             spec = self._limits.get(key.identity) or self._limits.get(key.template)
             state = _KeyState(key, spec or LimitSpec())
             self._keys[key.identity] = state
         return state
+
+    def _prune(self, now: float) -> None:
+        """Drop the budgets of credentials no run has used for ``IDLE_KEY_S``.
+
+        Users come and go, and each credential of a template has its own
+        budget: kept forever, they would grow without end. A budget goes
+        only once a fresh one would behave the same (``KeyBudget.at_rest``)
+        and no run can still hold it; its counters are kept, added to its
+        template's, so the exported totals never fall.
+        """
+        idle = [
+            identity
+            for identity, state in self._keys.items()
+            if state.key.templated
+            and now > state.held_until
+            and state.budget.at_rest(now)
+            and not state.lot
+        ]
+        for identity in idle:
+            budget = self._keys.pop(identity).budget
+            template = budget.limit
+            retired = self._retired.setdefault(
+                template, KeyBudget(LimitSpec(), key=template, limit=template)
+            )
+            retired.wait_s += budget.wait_s
+            retired.responses.update(budget.responses)
+            retired.too_many += budget.too_many
+            retired.not_modified += budget.not_modified
+            retired.header_warnings += budget.header_warnings
 
     def min_interval(self, task: str, key: str) -> float | None:
         """The least poll interval the server asked for (X-Poll-Interval)."""
@@ -416,9 +461,16 @@ class HttpLayer:
         self._poll_intervals.pop((task, key), None)
 
     def statistics(self) -> tuple[KeyStatistics, ...]:
-        """A snapshot of every limit key's budget, ordered by shown key."""
+        """A snapshot of every limit key's budget, ordered by shown key.
+
+        Budgets of credentials idle for ``IDLE_KEY_S`` are dropped first;
+        what they counted stays, as one entry per template shown as the
+        template itself (no rate, never paused).
+        """
         now = self.now()
-        stats = [state.budget.statistics(now) for state in self._keys.values()]
+        self._prune(now)
+        budgets = [state.budget for state in self._keys.values()]
+        stats = [b.statistics(now) for b in (*budgets, *self._retired.values())]
         return tuple(sorted(stats, key=lambda s: s.key))
 
     # -- admission -------------------------------------------------------------
@@ -785,6 +837,9 @@ class TargetHttp:
         finally:
             permits.release()
 
+        held = layer.now() + IDLE_KEY_S
+        for state in states:
+            state.held_until = max(state.held_until, held)
         info = layer._learn(states, response, sent_at)
         layer._remember(self.task, self.key, request, response)
         if info.poll_interval_s is not None:

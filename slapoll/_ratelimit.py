@@ -482,6 +482,17 @@ class KeyBudget:
         """The rate in force, or ``None`` while unlimited."""
         return 1.0 / self._interval_s if self._interval_s else None
 
+    def at_rest(self, now: float) -> bool:
+        """Whether a fresh budget of the same spec would admit no more now:
+        nothing booked or in flight, no pause or spent quota, the circuit
+        closed and the burst refilled."""
+        return (
+            self.outstanding == 0
+            and self.circuit.state == "closed"
+            and self.blocked_until(now) <= now
+            and self._tat <= now
+        )
+
     def blocked_until(self, now: float) -> float:
         """The end of the pause or exhausted quota holding the key, else *now*.
 

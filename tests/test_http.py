@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
 from slapoll._http import (
+    IDLE_KEY_S,
     CircuitOpenError,
     DeadlineError,
     HttpLayer,
@@ -630,3 +631,38 @@ async def test_each_redirect_hop_draws_from_the_budget(
     assert sent[:3] == [(0.0, "/old"), (1.0, "/new"), (2.0, "/old")]
     assert len(sent) == 3 + 21  # the loop: a first request and 20 hops
     assert all(b - a >= 1.0 - 1e-9 for (a, _), (b, _) in itertools.pairwise(sent))
+
+
+async def test_an_idle_credentials_budget_is_dropped_and_its_counts_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A credential unused for an hour loses its budget (memory stays that
+    of the credentials in use) unless the server still holds it paused;
+    the template's exported totals never fall."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["Authorization"] == "paused":
+            return httpx.Response(429, headers={"Retry-After": "7200"})
+        return httpx.Response(200)
+
+    limits = {"api:{token}": LimitSpec.from_options(rate="10/s")}
+    async with layer_with(handler, limits) as layer:
+        for token in ("a", "b", "paused"):
+            http = client(layer, ("api:{token}",), key=token, deadline=10, token=token)
+            await http.get("http://api.test/", headers={"Authorization": token})
+        before = {f.name: f.samples for f in collect(layer.statistics())}
+        assert len(layer.statistics()) == 3
+
+        await trio.sleep(IDLE_KEY_S + 1)
+        after = layer.statistics()
+
+    # "a" and "b" are folded into the template's entry; "paused" stays.
+    kept = [s for s in after if "#" in s.key]
+    assert len(kept) == 1
+    assert kept[0].too_many == 1
+    assert kept[0].paused
+    folded = next(s for s in after if s.key == "api:{token}")
+    assert folded.responses == {"2xx": 2}
+    assert {f.name: f.samples for f in collect(after)}["slapoll_http_responses"] == (
+        before["slapoll_http_responses"]
+    )
