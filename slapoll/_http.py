@@ -24,6 +24,7 @@ number stays that of the config.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -492,7 +493,8 @@ class HttpLayer:
             if slot > deadline:
                 raise DeadlineError(
                     f"no budget on limit key {binding.key.shown!r} before the "
-                    f"run's deadline ({slot - now:.1f}s away)"
+                    f"run's deadline: its next slot is {slot - now:.1f}s away, "
+                    f"the deadline {max(0.0, deadline - now):.1f}s"
                 )
             if slot - now > BOOKING_HORIZON_S:
                 # Far off (a pause, a spent quota, a long queue): wait
@@ -949,6 +951,13 @@ class TargetHttp:
             timeout=timeout,
             extensions=extensions,
         )
+
+    # The other methods take what request() takes, as httpx's do.
+    head = functools.partialmethod(request, "HEAD")
+    put = functools.partialmethod(request, "PUT")
+    patch = functools.partialmethod(request, "PATCH")
+    delete = functools.partialmethod(request, "DELETE")
+    options = functools.partialmethod(request, "OPTIONS")
 
 
 # -- metrics ------------------------------------------------------------------

@@ -322,7 +322,7 @@ async def test_slapolls_own_errors_are_logged_with_their_message(
 
     assert (
         "feed[default]: run failed: DeadlineError: no budget on limit key 'api' "
-        "before the run's deadline"
+        "before the run's deadline: its next slot is 60.0s away, the deadline 5.0s"
     ) in caplog.text
 
 

@@ -666,3 +666,31 @@ async def test_an_idle_credentials_budget_is_dropped_and_its_counts_kept(
     assert {f.name: f.samples for f in collect(after)}["slapoll_http_responses"] == (
         before["slapoll_http_responses"]
     )
+
+
+async def test_every_http_method_draws_from_the_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """head, put, patch, delete and options go the same way as get: 1/s."""
+    sent: list[tuple[float, str]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((trio.current_time(), request.method))
+        return httpx.Response(200)
+
+    limits = {"api": LimitSpec.from_options(rate="1/s", burst=1)}
+    async with layer_with(handler, limits) as layer:
+        http = client(layer)
+        await http.head("http://api.test/")
+        await http.put("http://api.test/", json={"a": 1})
+        await http.patch("http://api.test/", content=b"x")
+        await http.delete("http://api.test/")
+        await http.options("http://api.test/")
+
+    assert sent == [
+        (0.0, "HEAD"),
+        (1.0, "PUT"),
+        (2.0, "PATCH"),
+        (3.0, "DELETE"),
+        (4.0, "OPTIONS"),
+    ]
