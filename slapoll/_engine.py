@@ -116,6 +116,10 @@ class Engine:
         self._store_ops: deque[tuple[str, Any]] = deque()
         self._store_lot = trio.lowlevel.ParkingLot()
         self._stop_event: trio.Event | None = None
+        # stop() came before run() began (nursery.start_soon(engine.run)
+        # then engine.stop(), or a signal during start-up): the next run()
+        # returns at once rather than run until a stop that already came.
+        self._stopped_early = False
         # The engine-clock instant of the wall-clock epoch: due-time grids
         # hang from it, so phases mean the same thing after a restart.
         self._origin = 0.0
@@ -295,6 +299,10 @@ class Engine:
         """Run until ``stop()`` (graceful) or cancellation (immediate)."""
         if self.running:
             raise UsageError("this engine is already running")
+        if self._stopped_early:
+            self._stopped_early = False
+            logger.info("engine stopped before it started")
+            return
         self.running = True
         self._stop_event = trio.Event()
         self._dispatch.start()
@@ -343,9 +351,11 @@ class Engine:
     def stop(self) -> None:
         """Stop gracefully: start nothing new, let in-flight runs finish.
 
-        Runs still going after ``shutdown_grace`` are cancelled.
+        Runs still going after ``shutdown_grace`` are cancelled. Called
+        before ``run()`` began, the next ``run()`` returns at once.
         """
         if not self.running or self._stop_event is None:
+            self._stopped_early = True
             return
         if not self._dispatch.stopping:
             logger.info(

@@ -574,3 +574,25 @@ async def test_many_targets_failing_at_once_do_not_flood_the_log(
     assert len(paused) == 2
     debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
     assert sum("run failed" in r.getMessage() for r in debug) >= 100
+
+
+async def test_a_stop_before_run_begins_is_not_lost(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """start_soon(engine.run) then stop() at once: run() returns at once
+    instead of running until a stop that already came; the next run()
+    runs as usual."""
+    engine = engine_factory()
+    starts: list[float] = []
+
+    @engine.task(sla="20s", every="10s", phase=0)
+    async def feed(ctx: RunContext) -> None:
+        starts.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        engine.stop()
+
+    assert (trio.current_time(), starts, engine.running) == (0.0, [], False)
+    await run_for(engine, 15)
+    assert starts == [0.0, 10.0]
