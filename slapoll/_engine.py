@@ -413,6 +413,11 @@ class Engine:
         now = trio.current_time() if self.running else 0.0
         phase = hash_fraction(f"{task.name}\0{key}") if self.running else None
         state = TargetState(task, key, args, now, phase)
+        leaving = task.leaving.pop(key, None)
+        if leaving is not None:
+            # The same list: the old run's end takes its deadline out of
+            # it, and until then the overlap policy sees it running.
+            state.deadlines = leaving.deadlines
         task.targets[key] = state
         self._store_put(state)
         if self.running:
@@ -425,6 +430,10 @@ class Engine:
         state.removed = True
         state.generation += 1
         del task.targets[state.key]
+        for key in [k for k, s in task.leaving.items() if not s.deadlines]:
+            del task.leaving[key]
+        if state.deadlines:
+            task.leaving[state.key] = state
         if self._http is not None:
             self._http.forget(task.name, state.key)
         self._store_ops.append(("remove", (task.name, state.key)))

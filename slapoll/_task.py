@@ -274,6 +274,9 @@ class Task:
         self.fn = fn
         self.policy = policy
         self.targets: dict[str, TargetState] = {}
+        # Removed targets whose run is still going, by key: one added again
+        # under the key must not overlap that run (see Engine._add_target).
+        self.leaving: dict[str, TargetState] = {}
         self._signature = _TargetSignature.of(name, fn)
         self.takes_arguments = self._signature.takes_arguments
         self.check_limits(policy.limits)

@@ -596,3 +596,31 @@ async def test_a_stop_before_run_begins_is_not_lost(
     assert (trio.current_time(), starts, engine.running) == (0.0, [], False)
     await run_for(engine, 15)
     assert starts == [0.0, 10.0]
+
+
+async def test_a_target_added_again_while_its_old_run_goes_on_does_not_overlap(
+    autojump_clock: object, engine_factory: EngineFactory
+) -> None:
+    """Removed during a 20 s run and added again at once: with overlap
+    "skip" the new target's runs wait for the old run to end."""
+    engine = engine_factory()
+    running: list[int] = []
+    most = 0
+
+    @engine.task(sla="1m", every="5s", phase=0, timeout="30s")
+    async def feed(ctx: RunContext) -> None:
+        nonlocal most
+        running.append(1)
+        most = max(most, len(running))
+        await trio.sleep(20)
+        running.pop()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(1)
+        feed.remove_target("default")
+        feed.add_target("default")
+        await trio.sleep(60)
+        engine.stop()
+
+    assert most == 1
