@@ -127,6 +127,12 @@ BACKLOG_DRAIN_S = 5.0
 # load step) between when the levels were seen, so the lower level's
 # samples describe an upstream that is gone.
 SATURATION_DROP_SHARE = 0.5
+# Saturation never holds the pool below this many workers. Between one
+# and a few workers, durations that merely vary (runs of 1 to 10 s) read
+# as saturation often enough to hold the pool at one worker while runs
+# queue: their lag then shortens the intervals, which adds to the queue.
+# An API that takes only a few requests at once declares `concurrency`.
+SATURATION_FLOOR = 4
 # Each concurrency level is judged by its most recent samples only: a level
 # revisited after a load step shows the upstream as it is now.
 SAMPLES_PER_LEVEL = 5
@@ -568,7 +574,8 @@ def _plan_pool(
     unbounded = math.ceil(needed * (1 + POOL_HEADROOM_FRACTION))
     wanted = _clamp(unbounded, pool.min_size, pool.max_size)
     limit = _saturation_limit(pool.samples)
-    capped = wanted if limit is None else min(wanted, max(limit, pool.min_size))
+    floor = max(pool.min_size, SATURATION_FLOOR)
+    capped = wanted if limit is None else min(wanted, max(limit, floor))
 
     now = snapshot.now_s
     memory = snapshot.memory

@@ -21,6 +21,7 @@ from slapoll._control import (
     DECISION_STRETCH,
     MAX_STRETCH_FACTOR,
     POOL_SHRINK_HOLD_S,
+    SATURATION_FLOOR,
     ConcurrencySample,
     ControlMemory,
     ControlPlan,
@@ -794,6 +795,18 @@ def test_a_drop_seen_with_the_lower_level_revisited_is_saturation() -> None:
     result = plan(snapshot(busy(1000), pool=pool))
 
     assert result.pool.saturation_limit == 4
+
+
+def test_saturation_read_at_one_worker_holds_the_pool_at_no_fewer_than_four() -> None:
+    # Two workers looked twice as slow as one: saturation at 1, as noisy
+    # durations can make it look. The pool still gets four workers.
+    samples = (ConcurrencySample(1, 2.0),) * 5 + (ConcurrencySample(2, 5.0),) * 5
+    pool = PoolSnapshot(min_size=1, max_size=256, size=2, samples=samples)
+
+    result = plan(snapshot(busy(1000), pool=pool))
+
+    assert result.pool.saturation_limit == 1
+    assert result.pool.target_size == SATURATION_FLOOR
 
 
 def test_lag_does_not_shorten_a_preferred_interval() -> None:
