@@ -58,6 +58,8 @@ MARGIN_WINDOW_S = 30.0
 # A task that runs less often than that keeps its latest few runs, so it
 # still has margins to plan with; they refresh with each run.
 MIN_WINDOW_SAMPLES = 8
+# The duration margin, a p99, is read from at least this many runs.
+MIN_MARGIN_SAMPLES = 128
 # Little's law takes the mean duration of the latest runs: enough for a
 # steady mean, few enough that a load step shows within seconds.
 RECENT_RUNS = 64
@@ -66,18 +68,22 @@ RECENT_RUNS = 64
 class RecentWindow:
     """Samples of the last ``MARGIN_WINDOW_S`` (engine clock), with quantiles.
 
-    At most *size* samples are kept, and at least ``MIN_WINDOW_SAMPLES``
-    whatever their age. Samples are stamped with the trio clock; outside a
+    At most *size* samples are kept, and at least *min_samples* whatever
+    their age. Samples are stamped with the trio clock; outside a
     trio run (a task used directly) they count as just taken.
     """
 
-    __slots__ = ("_samples", "window_s")
+    __slots__ = ("_samples", "min_samples", "window_s")
 
     def __init__(
-        self, size: int = DEFAULT_WINDOW, window_s: float = MARGIN_WINDOW_S
+        self,
+        size: int = DEFAULT_WINDOW,
+        window_s: float = MARGIN_WINDOW_S,
+        min_samples: int = MIN_WINDOW_SAMPLES,
     ) -> None:
         self._samples: deque[tuple[float, float]] = deque(maxlen=size)
         self.window_s = window_s
+        self.min_samples = min_samples
 
     def add(self, value: float, now: float | None = None) -> None:
         """Record one sample taken at *now* (default: the current time).
@@ -89,10 +95,11 @@ class RecentWindow:
 
     def _expire(self, now: float | None = None) -> None:
         samples = self._samples
-        if len(samples) <= MIN_WINDOW_SAMPLES:
+        least = self.min_samples
+        if len(samples) <= least:
             return
         oldest = (_now() if now is None else now) - self.window_s
-        while len(samples) > MIN_WINDOW_SAMPLES and samples[0][0] < oldest:
+        while len(samples) > least and samples[0][0] < oldest:
             samples.popleft()
 
     def values(self) -> list[float]:
@@ -284,8 +291,11 @@ class Task:
         self.duration = RecentWindow()
         # Durations of successful runs only: those are what freshness waits
         # for, so the SLA-safe bound keeps room for them (a timed-out run
-        # refreshes nothing and must not shrink the interval).
-        self.success_duration = RecentWindow()
+        # refreshes nothing and must not shrink the interval). Their p99
+        # is the duration margin: it keeps at least a hundred or so runs,
+        # whatever their age, as fewer make a p99 the largest of a handful
+        # (of eight runs of 1 to 10 s, often 6 s or less: the SLA lost).
+        self.success_duration = RecentWindow(min_samples=MIN_MARGIN_SAMPLES)
         self.lag_buckets = BucketCounts(LAG_BUCKETS_S)
         self.duration_buckets = BucketCounts(DURATION_BUCKETS_S)
         self.runs = {outcome.value: 0 for outcome in Outcome}
