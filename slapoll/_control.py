@@ -177,7 +177,13 @@ def plan(snapshot: ControlSnapshot) -> ControlPlan:
     budgets = _budgets(snapshot.limits, tasks)
     users = {key: [t for t in tasks if key in t.limit_keys] for key in budgets}
     by_budgets = _plan_intervals(tasks, bounds, budgets, users)
-    capacity = _capacity(snapshot.pool)
+    # The busy workers the intervals may keep: the pool at its most. No
+    # headroom beyond the share every fit keeps (BUDGET_UTILISATION): at
+    # its bound the pool has no more to add. Not the saturation limit,
+    # which caps the pool's size but is read from noisy samples: planning
+    # on a misreading of it stretched a task past its SLA with a third of
+    # the pool idle.
+    capacity = float(snapshot.pool.max_size)
     by_pool = _fit_pool(tasks, bounds, capacity - _backlog(tasks, capacity))
     intervals = {name: max(by_budgets[name], by_pool[name]) for name in by_budgets}
 
@@ -197,12 +203,7 @@ def plan(snapshot: ControlSnapshot) -> ControlPlan:
     # Lag is left out of the bounds the shortfall is measured at: when the
     # pool is short, the lag is the queue the shortfall makes.
     at_sla = _concurrency(tasks, {t.name: _bound_without_lag(t) for t in tasks})
-    pool = attrs.evolve(
-        pool,
-        capacity=capacity,
-        concurrency_at_sla=at_sla,
-        workers_missing=math.ceil(at_sla - capacity) if at_sla > capacity else 0,
-    )
+    pool = attrs.evolve(pool, capacity=capacity, concurrency_at_sla=at_sla)
     replicas = max(1, math.ceil(pool.unbounded_size / snapshot.pool.ceiling))
 
     infeasible = tuple(key.name for key in key_plans if not key.feasible)
@@ -490,21 +491,6 @@ def _key_decisions(
 # -- the pool --------------------------------------------------------------
 
 
-def _capacity(pool: PoolSnapshot) -> float:
-    """The busy workers the intervals may keep: the pool at its most.
-
-    No headroom is kept here beyond the share of a budget every fit keeps
-    (``BUDGET_UTILISATION``): at the pool's bound there is no more to add,
-    and holding a quarter of it idle would stretch low priorities for
-    nothing. The saturation limit is left out: it caps what the pool is
-    sized to, but it is read from noisy samples, and stretching intervals
-    on a misreading of it costs SLAs (in the demo, a limit read at start-up
-    stretched the lowest priority past its SLA with a third of the pool
-    idle).
-    """
-    return float(pool.max_size)
-
-
 def _backlog(tasks: Sequence[TaskSnapshot], capacity: float) -> float:
     """The busy workers that clear the runs already waiting within
     ``BACKLOG_DRAIN_S``: the intervals get the rest of the pool, at least
@@ -569,7 +555,7 @@ def _plan_pool(
     Returns the plan, when the target last changed, and the decisions.
     """
     pool = snapshot.pool
-    work = sum(t.targets * t.duration_mean_s / intervals[t.name] for t in tasks)
+    work = _concurrency(tasks, intervals)
     needed = work + sum(t.ready * t.duration_mean_s for t in tasks) / BACKLOG_DRAIN_S
     unbounded = math.ceil(needed * (1 + POOL_HEADROOM_FRACTION))
     wanted = _clamp(unbounded, pool.min_size, pool.max_size)

@@ -417,12 +417,16 @@ class PoolPlan:
     saturation_limit: int | None
     capacity: float = math.inf
     concurrency_at_sla: float = 0.0
-    workers_missing: int = 0
 
     @property
     def short(self) -> bool:
         """Whether the pool at its most cannot keep every task's SLA."""
         return self.concurrency_at_sla > self.capacity
+
+    @property
+    def workers_missing(self) -> int:
+        """The workers the pool lacks for every SLA (0 when it is not short)."""
+        return math.ceil(self.concurrency_at_sla - self.capacity) if self.short else 0
 
 
 @attrs.frozen

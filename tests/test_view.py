@@ -215,9 +215,7 @@ def test_a_busy_view_fits_80_columns_with_nothing_cut_or_wrapped() -> None:
     plan = control_plan(tasks=(task_plan("urgent"), task_plan("normal")))
     short = attrs.evolve(
         plan,
-        pool=attrs.evolve(
-            plan.pool, capacity=256.0, concurrency_at_sla=400.0, workers_missing=144
-        ),
+        pool=attrs.evolve(plan.pool, capacity=256.0, concurrency_at_sla=400.0),
     )
 
     text = text_of(
@@ -351,9 +349,7 @@ def test_footer_says_how_many_workers_a_short_pool_lacks() -> None:
     plan = control_plan(tasks=(task_plan(),))
     short = attrs.evolve(
         plan,
-        pool=attrs.evolve(
-            plan.pool, capacity=64.0, concurrency_at_sla=88.5, workers_missing=25
-        ),
+        pool=attrs.evolve(plan.pool, capacity=64.0, concurrency_at_sla=88.5),
     )
     stats = engine_stats(task_stats())
 
