@@ -537,8 +537,10 @@ def _describe(exc: Exception, fn: Callable[..., object]) -> str:
     if isinstance(status, int):
         name += f" (HTTP {status})"
     code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None:
+        return name
     frames = traceback.extract_tb(exc.__traceback__)
-    mine = [f for f in frames if code is not None and f.filename == code.co_filename]
+    mine = [f for f in frames if f.filename == code.co_filename]
     if mine:
         name += f" at {os.path.basename(mine[-1].filename)}:{mine[-1].lineno}"
     return name

@@ -134,6 +134,11 @@ class Engine:
         return self._dispatch.pool_size
 
     @property
+    def busy_workers(self) -> int:
+        """Workers running a run now."""
+        return self._dispatch.busy_workers
+
+    @property
     def min_workers(self) -> int:
         """The least the pool may shrink to."""
         return self._dispatch.min_workers
@@ -584,7 +589,8 @@ class Engine:
             if state.min_interval_s != floor:
                 self._set_floor(state, floor, now)
         for state in self._floored - floored:
-            self._set_floor(state, 0.0, now)
+            if not state.removed:
+                self._set_floor(state, 0.0, now)
         self._floored = floored
 
         least: dict[str, float] = {}

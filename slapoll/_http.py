@@ -39,7 +39,7 @@ import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ._headers import RateLimitInfo, parse_rate_limit_headers
-from ._policy import template_fields
+from ._policy import template_arguments, template_fields
 from ._ratelimit import KeyBudget, KeyStatistics, LimitSpec
 from .errors import ConfigError, RunDeadlineError, SlapollError
 
@@ -138,25 +138,6 @@ def _hash_argument(value: object) -> str:
         str(value).encode(), digest_size=16, key=_ARGUMENT_HASH_KEY
     ).hexdigest()
     return "#" + digest[:ARGUMENT_HASH_DIGITS]
-
-
-def template_arguments(
-    template: str, args: Mapping[str, object], *, task: str, target: str
-) -> list[str]:
-    """The arguments *template* names, once *args* is known to hold them all.
-
-    Raises ``ConfigError`` naming the template, the target and the argument
-    it lacks, or saying what is wrong with the template itself.
-    """
-    names = template_fields(template)
-    missing = [name for name in names if name not in args]
-    if missing:
-        raise ConfigError(
-            f"limit key template {template!r} of task {task!r} needs the "
-            f"argument {missing[0]!r}, which target {target!r} does not have; "
-            f"its arguments are {sorted(args)!r}"
-        )
-    return names
 
 
 def resolve_key(
@@ -440,11 +421,7 @@ class HttpLayer:
             retired = self._retired.setdefault(
                 template, KeyBudget(LimitSpec(), key=template, limit=template)
             )
-            retired.wait_s += budget.wait_s
-            retired.responses.update(budget.responses)
-            retired.too_many += budget.too_many
-            retired.not_modified += budget.not_modified
-            retired.header_warnings += budget.header_warnings
+            retired.add_counts(budget)
 
     def min_interval(self, task: str, key: str) -> float | None:
         """The least poll interval the server asked for (X-Poll-Interval)."""

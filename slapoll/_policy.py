@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -17,7 +17,14 @@ import attrs
 from ._durations import Duration, parse_duration
 from .errors import ConfigError
 
-__all__ = ["OVERLAP_POLICIES", "Outcome", "Overlap", "TaskPolicy", "template_fields"]
+__all__ = [
+    "OVERLAP_POLICIES",
+    "Outcome",
+    "Overlap",
+    "TaskPolicy",
+    "template_arguments",
+    "template_fields",
+]
 
 Overlap = Literal["skip", "queue_one", "allow"]
 OVERLAP_POLICIES: tuple[Overlap, ...] = ("skip", "queue_one", "allow")
@@ -65,6 +72,25 @@ def template_fields(template: str) -> list[str]:
                 f"arguments, as {{account}}; got {{{name}}}"
             )
         names.append(name)
+    return names
+
+
+def template_arguments(
+    template: str, args: Mapping[str, object], *, task: str, target: str
+) -> list[str]:
+    """The arguments *template* names, once *args* is known to hold them all.
+
+    Raises ``ConfigError`` naming the template, the target and the argument
+    it lacks, or saying what is wrong with the template itself.
+    """
+    names = template_fields(template)
+    missing = [name for name in names if name not in args]
+    if missing:
+        raise ConfigError(
+            f"limit key template {template!r} of task {task!r} needs the "
+            f"argument {missing[0]!r}, which target {target!r} does not have; "
+            f"its arguments are {sorted(args)!r}"
+        )
     return names
 
 

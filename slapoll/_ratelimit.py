@@ -482,6 +482,14 @@ class KeyBudget:
         """The rate in force, or ``None`` while unlimited."""
         return 1.0 / self._interval_s if self._interval_s else None
 
+    def add_counts(self, other: KeyBudget) -> None:
+        """Add *other*'s counters to this budget's, as when it is dropped."""
+        self.wait_s += other.wait_s
+        self.responses.update(other.responses)
+        self.too_many += other.too_many
+        self.not_modified += other.not_modified
+        self.header_warnings += other.header_warnings
+
     def at_rest(self, now: float) -> bool:
         """Whether a fresh budget of the same spec would admit no more now:
         nothing booked or in flight, no pause or spent quota, the circuit

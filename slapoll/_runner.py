@@ -40,7 +40,7 @@ async def run_until_signalled(engine: Engine) -> None:
                         logger.warning(
                             "%s received again: cancelling %d runs in flight",
                             name,
-                            engine.statistics().busy_workers,
+                            engine.busy_workers,
                         )
                         nursery.cancel_scope.cancel()
 

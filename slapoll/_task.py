@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._http import template_arguments
 from ._measure import (
     DEFAULT_WINDOW,
     DURATION_BUCKETS_S,
@@ -23,7 +22,7 @@ from ._measure import (
     SlaAccount,
     quantile,
 )
-from ._policy import Outcome, TaskPolicy, template_fields
+from ._policy import Outcome, TaskPolicy, template_arguments, template_fields
 from .errors import ConfigError, UnknownTargetError, UsageError
 
 if TYPE_CHECKING:

@@ -141,11 +141,7 @@ def run(
     the shutdown grace); a second one cancels them at once.
     """
     try:
-        loaded, engine = _load(config, metrics_address)
-        # Whatever `check` refuses, `run` refuses before anything starts:
-        # describing the engine makes the checks `check` makes last (limit
-        # key templates against the targets declared in code).
-        _describe(loaded, engine)
+        _, engine = _load(config, metrics_address)
         address = engine.metrics_address
         if address is None:
             # Neither the option, the config nor the code chose: the default.
@@ -314,8 +310,7 @@ def _describe(config: Config, engine: Engine) -> str:
     """What ``check`` prints: the engine's knobs, one row per task, the plan.
 
     The plan holds the tasks against the budgets declared for their limit
-    keys, in the config or in code. Raises ``ConfigError`` when a limit key
-    template names an argument that a target declared in code lacks.
+    keys, in the config or in code.
     """
     grace = format_duration(engine.shutdown_grace_s)
     period = format_duration(engine.control_period_s)

@@ -153,15 +153,21 @@ def make_upstream(rate_per_s: float) -> Upstream:
 
 
 def make_engine(
-    engine_factory: EngineFactory, upstream: Upstream, *, declared_rps: float
+    engine_factory: EngineFactory,
+    upstream: Upstream,
+    *,
+    declared_rps: float,
+    workers: int = 4,
+    max_workers: int = 256,
 ) -> slapoll.Engine:
-    """The workload on an engine that starts with a small pool; the limit
-    is declared at *declared_rps* (see ``upstream.declare``)."""
+    """The workload on an engine that starts with a small pool (*workers*,
+    at most *max_workers*); the limit is declared at *declared_rps* (see
+    ``upstream.declare``)."""
     engine = engine_factory(
         http_transport=httpx.MockTransport(upstream),
-        workers=4,
+        workers=workers,
         min_workers=1,
-        max_workers=256,
+        max_workers=max_workers,
         control_period=CONTROL_PERIOD_S,
     )
     declare(engine, declared_rps=declared_rps)
@@ -429,14 +435,9 @@ async def test_a_pool_too_small_for_every_sla_keeps_the_high_priorities(
     """
     upstream = make_upstream(rate_per_s=100.0)
     upstream.slowdown = 5.0
-    engine = engine_factory(
-        http_transport=httpx.MockTransport(upstream),
-        workers=8,
-        min_workers=1,
-        max_workers=8,
-        control_period=CONTROL_PERIOD_S,
+    engine = make_engine(
+        engine_factory, upstream, declared_rps=100.0, workers=8, max_workers=8
     )
-    declare(engine, declared_rps=100.0)
     end = WARM_UP_S + 120.5
 
     timeline = await simulate(engine, upstream, end + 0.5, {})
