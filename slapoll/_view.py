@@ -52,6 +52,7 @@ def render(
     sandbox: SandboxStatistics | None,
     elapsed_s: float | None = None,
     plan: ControlPlan | None = None,
+    metrics_url: str | None = None,
 ) -> RenderableType:
     """Return the view of one moment: the task table above the footer.
 
@@ -60,19 +61,24 @@ def render(
     *elapsed_s*, how long the caller has been running, heads the footer;
     *plan*, the controller's latest, adds each task's SLA-safe interval,
     the pool's target size and the limit keys (before the first plan they
-    read "-").
+    read "-"); *metrics_url*, where metrics are served, follows the title.
     """
     footer = _footer(stats, requests_per_s, sandbox, elapsed_s, plan)
-    return Group(_task_table(stats, plan), footer)
+    return Group(_task_table(stats, plan, metrics_url), footer)
 
 
-def _task_table(stats: EngineStatistics, plan: ControlPlan | None) -> Table:
+def _task_table(
+    stats: EngineStatistics, plan: ControlPlan | None, metrics_url: str | None
+) -> Table:
     count = len(stats.tasks)
     tasks = {0: "no tasks", 1: "1 task"}.get(count, f"{count} tasks")
+    title = f"slapoll: {tasks}"
+    if metrics_url is not None:
+        title += f" · metrics on {metrics_url}"
     # Headings of two short lines and a light frame, so that every column
     # fits in 80 terminal columns with its values whole.
     table = Table(
-        title=f"slapoll: {tasks}",
+        title=title,
         title_justify="left",
         expand=False,
         box=box.SIMPLE_HEAD,

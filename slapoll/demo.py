@@ -251,6 +251,10 @@ async def _run_with_view(
                 nursery.cancel_scope.cancel()
             await trio.sleep_forever()
         live.update(view.frame(final, final=True), refresh=True)
+    if not console.is_terminal:
+        # Rich ends a live view with a newline on a terminal only; piped,
+        # the last line would run into whatever is written next.
+        console.line()
     return final.engine
 
 
@@ -291,6 +295,9 @@ class _View:
         self._started_s = trio.current_time()
         self._last = (self._started_s, 0)
         self._rate = 0.0
+        # Kept once known: the engine forgets it when it stops, and the
+        # final frame still says where the metrics were.
+        self._metrics_url: str | None = None
 
     def snapshot(self) -> _Snapshot:
         """Take the engine's statistics, its plan and the sandbox's now."""
@@ -319,12 +326,14 @@ class _View:
         elif now.at_s - last_at >= REFRESH_PERIOD_S / 2:
             self._rate = (api.requests - last_requests) / (now.at_s - last_at)
             self._last = (now.at_s, api.requests)
+        self._metrics_url = self._engine.metrics_url or self._metrics_url
         return render(
             now.engine,
             requests_per_s=self._rate,
             sandbox=api,
             elapsed_s=elapsed_s,
             plan=now.plan,
+            metrics_url=self._metrics_url,
         )
 
     async def refresh_forever(self, live: Live) -> None:

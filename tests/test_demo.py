@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import signal
 
 import pytest
@@ -98,6 +99,7 @@ class _SlowToStop:
     def __init__(self) -> None:
         self.running = False
         self.plan = None
+        self.metrics_url = None
         self._stop = trio.Event()
 
     async def run(self) -> None:
@@ -153,3 +155,22 @@ async def test_the_last_frame_shows_the_moment_stop_was_asked_for(
     assert trio.current_time() >= RUN_S + DRAIN_S
     last_footer = [line for line in out.getvalue().splitlines() if "up " in line][-1]
     assert "up 5.0s" in last_footer
+
+
+async def test_the_view_says_where_metrics_are_served() -> None:
+    """With port 0 the engine picks the port: the view names the URL, on
+    every frame to the last, and the output ends with a newline."""
+    out = io.StringIO()
+
+    await run_demo(
+        duration_s=SHORT_S,
+        metrics_address="127.0.0.1:0",
+        targets=3,
+        registry=CollectorRegistry(),
+        console=Console(file=out, width=80),
+    )
+
+    text = out.getvalue()
+    last_frame = text[text.rindex("slapoll: 3 tasks") :]
+    assert re.search(r"metrics on http://127\.0\.0\.1:[1-9][0-9]*/metrics", last_frame)
+    assert text.endswith("\n")

@@ -400,3 +400,13 @@ def test_a_key_that_cannot_carry_its_tasks_shows_its_deficit_in_red() -> None:
 
     assert re.search(rf"{RED}\s*short 12\.5 req/s{RESET}", output)
     assert re.search(rf"{RED}\s*28\.8s{RESET}", output)
+
+
+def test_the_title_names_where_metrics_are_served() -> None:
+    stats = engine_stats(task_stats())
+    url = "http://127.0.0.1:40123/metrics"
+
+    text = text_of(render(stats, requests_per_s=0.0, sandbox=None, metrics_url=url))
+
+    assert text.splitlines()[0].rstrip() == f"slapoll: 1 task · metrics on {url}"
+    assert "metrics on" not in text_of(render(stats, requests_per_s=0.0, sandbox=None))
